@@ -1,0 +1,12 @@
+// apps/qwen/commands.h — each command group of the `qwen` CLI registers its subcommands here.
+// A command's callback throws qwen::Error for user mistakes; main() prints it as one line and
+// exits non-zero.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace qwen::cli {
+
+void add_model_commands(CLI::App& app);      // info, generate, eval, bench (cmd_model.cpp)
+void add_tokenizer_commands(CLI::App& app);  // tokenizer encode|decode|train (cmd_tokenizer.cpp)
+
+}  // namespace qwen::cli
