@@ -1,5 +1,515 @@
-// apps/qwen/cmd_model.cpp — placeholder, replaced by the model commands.
+// apps/qwen/cmd_model.cpp — model commands: init (random-weight folder), info, generate, eval,
+// bench, and forward (logits dump for interoperability checks).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
 #include "commands.h"
+#include "core/cpu.h"
+#include "generate/generator.h"
+#include "model/decoder.h"
+#include "model/model.h"
+#include "qwen/error.h"
+#include "qwen/tokenizer.h"
+
 namespace qwen::cli {
-void add_model_commands(CLI::App& app) { (void)app; }
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+struct ModelArgs {
+  std::string model;
+  std::string dtype;  // convert matrices on load
+  int threads = 0;
+};
+
+void add_model_args(CLI::App* c, ModelArgs& a) {
+  c->add_option("--model", a.model, "Hugging Face model folder (config.json + safetensors)")
+      ->required();
+  c->add_option("--dtype", a.dtype, "convert weight matrices on load: f32, bf16 or f16");
+  c->add_option("--threads", a.threads, "threads for the kernels (default: all cores)");
+}
+
+bool parse_dtype(const std::string& s, DType* out) {
+  if (s == "f32" || s == "float32") *out = DType::F32;
+  else if (s == "bf16" || s == "bfloat16") *out = DType::BF16;
+  else if (s == "f16" || s == "float16") *out = DType::F16;
+  else return false;
+  return true;
+}
+
+std::unique_ptr<Model> load_model(const ModelArgs& a) {
+  set_num_threads(a.threads);
+  if (a.dtype.empty()) return Model::load(a.model);
+  DType dt;
+  if (!parse_dtype(a.dtype, &dt))
+    throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
+  return Model::load(a.model, &dt);
+}
+
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
+  std::vector<int32_t> ids;
+  std::string tok;
+  auto flush = [&]() {
+    if (tok.empty()) return;
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(tok.c_str(), &end, 10);
+    if (*end != 0 || errno || v < 0 || v > INT32_MAX)
+      throw Error(where + ": '" + tok + "' is not a token id (non-negative integer)");
+    ids.push_back(int32_t(v));
+    tok.clear();
+  };
+  for (char ch : text) {
+    if (ch == ',' || std::isspace(static_cast<unsigned char>(ch))) flush();
+    else tok += ch;
+  }
+  flush();
+  return ids;
+}
+
+size_t peak_rss_bytes() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return size_t(ru.ru_maxrss) * 1024;
+}
+
+std::string human_bytes(double b) {
+  char buf[64];
+  if (b >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1 << 30));
+  else if (b >= 1 << 20) std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1 << 20));
+  else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024);
+  return buf;
+}
+
+bool has_tokenizer(const std::string& dir) {
+  return fs::exists(fs::path(dir) / "tokenizer.json");
+}
+
+// Built-in shapes for `qwen init`, named after their parameter count.
+ModelConfig preset(const std::string& name) {
+  ModelConfig c;
+  c.architecture = "Qwen2ForCausalLM";
+  c.model_type = "qwen2";
+  c.qkv_bias = true;
+  c.rope_theta = 1000000.0;
+  c.max_position_embeddings = 2048;
+  c.bos_token_id = -1;
+  if (name == "tiny") {  // 0.4M: tests and the demo's first seconds
+    c.vocab_size = 512; c.hidden_size = 64; c.intermediate_size = 176; c.num_hidden_layers = 2;
+    c.num_attention_heads = 4; c.num_key_value_heads = 2;
+  } else if (name == "7m") {  // peers.md "small"
+    c.vocab_size = 8192; c.hidden_size = 256; c.intermediate_size = 704; c.num_hidden_layers = 4;
+    c.num_attention_heads = 8; c.num_key_value_heads = 4;
+  } else if (name == "26m") {
+    c.vocab_size = 4096; c.hidden_size = 512; c.intermediate_size = 1408; c.num_hidden_layers = 8;
+    c.num_attention_heads = 8; c.num_key_value_heads = 4; c.tie_word_embeddings = true;
+  } else if (name == "125m") {  // the 124.7M benchmark shape
+    c.vocab_size = 32000; c.hidden_size = 768; c.intermediate_size = 2048; c.num_hidden_layers = 12;
+    c.num_attention_heads = 12; c.num_key_value_heads = 4;
+  } else {
+    throw Error("unknown preset '" + name + "'; choose tiny, 7m, 26m or 125m");
+  }
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  return c;
+}
+
+void cmd_init(const std::string& config_path, const std::string& preset_name,
+              const std::string& out, const std::string& dtype, uint64_t seed,
+              const std::string& tokenizer_dir) {
+  ModelConfig c;
+  if (!config_path.empty()) c = ModelConfig::from_file(config_path);
+  else c = preset(preset_name.empty() ? "tiny" : preset_name);
+  DType dt = DType::F32;
+  if (!parse_dtype(dtype, &dt)) throw Error("--dtype '" + dtype + "' is not one of f32, bf16, f16");
+  if (!tokenizer_dir.empty()) {
+    Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
+    if (tok.vocab_size() > c.vocab_size)
+      throw Error("tokenizer in '" + tokenizer_dir + "' has " + std::to_string(tok.vocab_size()) +
+                  " tokens but the model's vocab_size is " + std::to_string(c.vocab_size));
+    c.eos_token_ids.clear();
+    if (tok.eos_id() >= 0) c.eos_token_ids.push_back(tok.eos_id());
+    c.bos_token_id = tok.bos_id();
+  }
+  auto m = Model::random(c, seed, dt);
+  m->save(out);
+  if (!tokenizer_dir.empty()) {
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      fs::path src = fs::path(tokenizer_dir) / f;
+      if (fs::exists(src)) fs::copy_file(src, fs::path(out) / f, fs::copy_options::overwrite_existing);
+    }
+  }
+  std::printf("wrote %s: %s, %.2fM parameters, %s weights (%s)\n", out.c_str(),
+              c.architecture.c_str(), m->num_parameters() / 1e6, dtype.c_str(),
+              human_bytes(double(m->weight_bytes())).c_str());
+}
+
+void cmd_info(const ModelArgs& a, bool as_json) {
+  auto m = load_model(a);
+  const ModelConfig& c = m->config();
+  const int64_t n = m->num_parameters();
+  if (as_json) {
+    json j = {{"architecture", c.architecture}, {"model_type", c.model_type},
+              {"parameters", n}, {"weight_bytes", m->weight_bytes()},
+              {"hidden_size", c.hidden_size}, {"num_hidden_layers", c.num_hidden_layers},
+              {"num_attention_heads", c.num_attention_heads},
+              {"num_key_value_heads", c.num_key_value_heads}, {"head_dim", c.head_dim},
+              {"intermediate_size", c.intermediate_size}, {"vocab_size", c.vocab_size},
+              {"max_position_embeddings", c.max_position_embeddings},
+              {"rope_type", c.rope_scaling.type}, {"tie_word_embeddings", c.tie_word_embeddings},
+              {"bytes_f32", n * 4}, {"bytes_bf16", n * 2}, {"bytes_f16", n * 2}};
+    std::cout << j.dump(1) << "\n";
+    return;
+  }
+  std::printf("architecture      %s (%s)\n", c.architecture.c_str(), c.model_type.c_str());
+  std::printf("parameters        %lld (%.2fM)\n", (long long)n, n / 1e6);
+  std::printf("layers            %lld, hidden %lld, ffn %lld, vocab %lld\n",
+              (long long)c.num_hidden_layers, (long long)c.hidden_size,
+              (long long)c.intermediate_size, (long long)c.vocab_size);
+  std::printf("attention         %lld query heads, %lld kv heads (GQA %lld:1), head_dim %lld%s\n",
+              (long long)c.num_attention_heads, (long long)c.num_key_value_heads,
+              (long long)(c.num_attention_heads / c.num_key_value_heads), (long long)c.head_dim,
+              c.qk_norm ? ", q/k norm" : "");
+  std::printf("biases            qkv %s, o %s\n", c.qkv_bias ? "yes" : "no", c.o_bias ? "yes" : "no");
+  std::printf("rope              theta %g, scaling %s (factor %g), context %lld\n", c.rope_theta,
+              c.rope_scaling.type.c_str(), c.rope_scaling.factor,
+              (long long)c.max_position_embeddings);
+  std::printf("embeddings        %s\n", c.tie_word_embeddings ? "tied" : "separate lm_head");
+  std::printf("weights in memory %s (matrices %s)\n", human_bytes(double(m->weight_bytes())).c_str(),
+              dtype_name(m->matrix_dtype()));
+  std::printf("memory by dtype   f32 %s, bf16 %s, f16 %s\n", human_bytes(n * 4.0).c_str(),
+              human_bytes(n * 2.0).c_str(), human_bytes(n * 2.0).c_str());
+  const double kv_per_tok = 2.0 * c.num_hidden_layers * c.kv_dim() * 4;
+  std::printf("kv cache (f32)    %s per token, %s at full context\n",
+              human_bytes(kv_per_tok).c_str(),
+              human_bytes(kv_per_tok * c.max_position_embeddings).c_str());
+}
+
+struct GenArgs {
+  ModelArgs m;
+  std::string prompt, prompt_ids, stop_ids;
+  int64_t max_new_tokens = 64;
+  float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, repetition_penalty = 1.0f;
+  int top_k = 0;
+  uint64_t seed = 0;
+  bool json_out = false, ignore_eos = false;
+};
+
+void cmd_generate(const GenArgs& a) {
+  if (a.prompt.empty() == a.prompt_ids.empty())
+    throw Error("give exactly one of --prompt TEXT or --prompt-ids 1,2,3");
+  auto m = load_model(a.m);
+  const ModelConfig& c = m->config();
+  std::unique_ptr<Tokenizer> tok;
+  if (has_tokenizer(a.m.model)) tok = std::make_unique<Tokenizer>(Tokenizer::from_dir(a.m.model));
+  std::vector<int32_t> prompt;
+  if (!a.prompt.empty()) {
+    if (!tok)
+      throw Error("--prompt needs tokenizer.json in '" + a.m.model + "'; use --prompt-ids instead");
+    prompt = tok->encode(a.prompt, true);
+    if (prompt.empty()) throw Error("--prompt encodes to no tokens");
+  } else {
+    prompt = parse_ids(a.prompt_ids, "--prompt-ids");
+    if (prompt.empty()) throw Error("--prompt-ids holds no ids");
+  }
+  for (int32_t id : prompt)
+    if (id >= c.vocab_size)
+      throw Error("prompt token id " + std::to_string(id) + " is out of range for vocab_size " +
+                  std::to_string(c.vocab_size));
+  const int64_t context = int64_t(prompt.size()) + a.max_new_tokens;
+  if (context > c.max_position_embeddings && c.rope_scaling.type != "dynamic")
+    throw Error("prompt of " + std::to_string(prompt.size()) + " tokens plus --max-new-tokens " +
+                std::to_string(a.max_new_tokens) + " exceeds the model's context of " +
+                std::to_string(c.max_position_embeddings) + " tokens");
+  GenerationConfig g;
+  g.max_new_tokens = a.max_new_tokens;
+  g.sampling.temperature = a.temperature;
+  g.sampling.top_k = a.top_k;
+  g.sampling.top_p = a.top_p;
+  g.sampling.min_p = a.min_p;
+  g.sampling.repetition_penalty = a.repetition_penalty;
+  g.sampling.seed = a.seed;
+  if (!a.ignore_eos) {
+    for (int64_t id : c.eos_token_ids) g.stop_ids.push_back(int32_t(id));
+    if (tok)
+      for (int32_t id : tok->stop_ids())
+        if (std::find(g.stop_ids.begin(), g.stop_ids.end(), id) == g.stop_ids.end())
+          g.stop_ids.push_back(id);
+  }
+  if (!a.stop_ids.empty())
+    for (int32_t id : parse_ids(a.stop_ids, "--stop-ids")) g.stop_ids.push_back(id);
+
+  Generator gen(*m, 1, context, 512);
+  std::unique_ptr<StreamDecoder> stream;
+  if (tok && !a.json_out) stream = std::make_unique<StreamDecoder>(*tok, true);
+  GenerationStats st;
+  auto ids = gen.generate({prompt}, g,
+                          [&](int64_t, int32_t t) {
+                            if (stream) {
+                              std::string s = stream->push(t);
+                              std::fwrite(s.data(), 1, s.size(), stdout);
+                              std::fflush(stdout);
+                            } else if (!a.json_out) {
+                              std::printf("%d ", t);
+                              std::fflush(stdout);
+                            }
+                            return true;
+                          },
+                          &st)[0];
+  if (a.json_out) {
+    json j = {{"ids", ids},
+              {"prompt_tokens", prompt.size()},
+              {"prefill_tok_s", st.prefill_tok_s()},
+              {"decode_tok_s", st.decode_tok_s()}};
+    j["text"] = tok ? json(tok->decode(ids, true)) : json(nullptr);
+    std::cout << j.dump() << "\n";
+    return;
+  }
+  if (stream) {
+    std::string s = stream->flush();
+    std::fwrite(s.data(), 1, s.size(), stdout);
+  }
+  std::printf("\n");
+  std::fprintf(stderr, "[%zu prompt tokens, %zu generated; prefill %.1f tok/s, decode %.1f tok/s]\n",
+               prompt.size(), ids.size(), st.prefill_tok_s(), st.decode_tok_s());
+}
+
+// Mean next-token cross-entropy over a token sequence. Sequences longer than the context are
+// scored with overlapping windows: each window scores only the tokens the previous one did not,
+// with up to (context - stride) tokens of left context.
+void cmd_eval(const ModelArgs& a, const std::string& ids_file, int64_t context_arg,
+              int64_t stride_arg, bool as_json) {
+  std::ifstream f(ids_file);
+  if (!f) throw Error("cannot open --ids-file '" + ids_file + "'");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::vector<int32_t> ids = parse_ids(ss.str(), ids_file);
+  if (ids.size() < 2) throw Error(ids_file + ": needs at least 2 token ids to score");
+  auto m = load_model(a);
+  const ModelConfig& c = m->config();
+  const int64_t V = c.vocab_size;
+  for (int32_t id : ids)
+    if (id >= V)
+      throw Error(ids_file + ": token id " + std::to_string(id) + " is out of range for vocab_size " +
+                  std::to_string(V));
+  const int64_t N = int64_t(ids.size());
+  const int64_t ctx = std::min<int64_t>(context_arg > 0 ? context_arg : c.max_position_embeddings, N);
+  const int64_t stride = stride_arg > 0 ? std::min(stride_arg, ctx) : std::max<int64_t>(1, ctx / 2);
+  const int64_t chunk = std::min<int64_t>(ctx, 256);
+  KvCache cache(c, 1, ctx);
+  Decoder dec(*m, chunk);
+  std::vector<float> logits(size_t(chunk * V));
+  double nll = 0;
+  int64_t scored = 0;      // tokens predicted so far: ids[1 .. scored]
+  int64_t begin = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  while (scored < N - 1) {
+    const int64_t end = std::min(N, begin + ctx);  // window ids[begin, end)
+    cache.reset(0);
+    for (int64_t p = begin; p < end - 1; p += chunk) {
+      const int64_t n = std::min(chunk, end - 1 - p);
+      SeqChunk ch{0, n, ids.data() + p};
+      dec.forward(cache, &ch, 1, LogitsMode::kAll, logits.data());
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t target_pos = p + t + 1;
+        if (target_pos <= scored) continue;  // scored by an earlier window
+        const float* row = logits.data() + t * V;
+        float mx = row[0];
+        for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
+        double s = 0;
+        for (int64_t v = 0; v < V; ++v) s += std::exp(double(row[v] - mx));
+        nll += (std::log(s) + mx) - row[ids[size_t(target_pos)]];
+        scored = target_pos;
+      }
+    }
+    if (end == N) break;
+    begin += stride;
+    if (!as_json)
+      std::fprintf(stderr, "\r  scored %lld / %lld tokens", (long long)scored, (long long)(N - 1));
+  }
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double loss = nll / double(N - 1);
+  if (as_json) {
+    std::cout << json{{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", N - 1}}.dump()
+              << "\n";
+  } else {
+    std::fprintf(stderr, "\r");
+    std::printf("loss %.6f nats/token, perplexity %.4f over %lld predicted tokens "
+                "(context %lld, stride %lld, %.1f tok/s)\n",
+                loss, std::exp(loss), (long long)(N - 1), (long long)ctx, (long long)stride,
+                (N - 1) / secs);
+  }
+}
+
+void cmd_bench(const ModelArgs& a, int64_t prompt_len, int64_t gen_len, int reps, bool as_json) {
+  auto m = load_model(a);
+  const ModelConfig& c = m->config();
+  if (prompt_len < 1 || gen_len < 1) throw Error("--prompt-len and --gen-len must be >= 1");
+  const int64_t ctx = prompt_len + gen_len;
+  if (ctx > c.max_position_embeddings)
+    throw Error("--prompt-len + --gen-len = " + std::to_string(ctx) +
+                " exceeds the model's context of " + std::to_string(c.max_position_embeddings));
+  Generator gen(*m, 1, ctx, prompt_len);
+  Rng rng(1234);
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+  for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(c.vocab_size));
+  GenerationConfig g;
+  g.max_new_tokens = gen_len;
+  g.sampling.temperature = 0;
+  std::vector<double> pre, dec;
+  for (int r = 0; r < reps + 1; ++r) {  // first run warms caches and page-ins, not counted
+    GenerationStats st;
+    gen.generate({prompt}, g, nullptr, &st);
+    if (r == 0 && reps > 0) continue;
+    pre.push_back(st.prefill_tok_s());
+    dec.push_back(st.decode_tok_s());
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double p = median(pre), d = median(dec);
+  const size_t rss = peak_rss_bytes();
+  // Matmul FLOPs per prompt token: 2 x the layer weights (embedding lookups are free), plus the
+  // lm_head, which the prefill applies to the last token only.
+  const double head = double(c.vocab_size * c.hidden_size);
+  const double layer_params =
+      double(m->num_parameters()) - head * (c.tie_word_embeddings ? 1 : 2);
+  const double flops_per_tok = 2.0 * layer_params + 2.0 * head / double(prompt_len);
+  if (as_json) {
+    std::cout << json{{"prefill_tok_s", p},
+                      {"decode_tok_s", d},
+                      {"peak_rss_bytes", rss},
+                      {"weight_bytes", m->weight_bytes()},
+                      {"kv_cache_bytes", gen.kv_cache_bytes()},
+                      {"workspace_bytes", gen.workspace_bytes()},
+                      {"threads", num_threads()},
+                      {"prompt_len", prompt_len},
+                      {"gen_len", gen_len}}
+                     .dump()
+              << "\n";
+    return;
+  }
+  std::printf("model      %s, %.2fM parameters, %s weights (%s)\n", c.architecture.c_str(),
+              m->num_parameters() / 1e6, dtype_name(m->matrix_dtype()),
+              human_bytes(double(m->weight_bytes())).c_str());
+  std::printf("threads    %d\n", num_threads());
+  std::printf("prefill    %8.1f tok/s  (%lld tokens, ~%.1f GFLOP/s in matmuls)\n", p,
+              (long long)prompt_len, p * flops_per_tok / 1e9);
+  std::printf("decode     %8.1f tok/s  (%lld tokens, %.1f GB/s of weights)\n", d, (long long)gen_len,
+              d * double(m->weight_bytes()) / 1e9);
+  std::printf("peak RSS   %s (weights %s + kv cache %s + workspace %s)\n",
+              human_bytes(double(rss)).c_str(), human_bytes(double(m->weight_bytes())).c_str(),
+              human_bytes(double(gen.kv_cache_bytes())).c_str(),
+              human_bytes(double(gen.workspace_bytes())).c_str());
+}
+
+void cmd_forward(const ModelArgs& a, const std::string& ids_text, const std::string& out_path) {
+  auto m = load_model(a);
+  const ModelConfig& c = m->config();
+  std::vector<int32_t> ids = parse_ids(ids_text, "--prompt-ids");
+  if (ids.empty()) throw Error("--prompt-ids holds no ids");
+  const int64_t T = int64_t(ids.size());
+  KvCache cache(c, 1, T);
+  Decoder dec(*m, T);
+  std::vector<float> logits(size_t(T * c.vocab_size));
+  SeqChunk ch{0, T, ids.data()};
+  dec.forward(cache, &ch, 1, LogitsMode::kAll, logits.data());
+  std::ofstream f(out_path, std::ios::binary);
+  if (!f) throw Error("cannot write '" + out_path + "'");
+  f.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * 4));
+  std::printf("wrote logits (%lld, %lld) float32 to %s\n", (long long)T, (long long)c.vocab_size,
+              out_path.c_str());
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app) {
+  {
+    auto* c = app.add_subcommand("init", "write a random-weight model folder (Hugging Face format)");
+    static std::string config, preset_name, out, dtype = "f32", tokenizer;
+    static uint64_t seed = 0;
+    c->add_option("--config", config, "config.json to build from (else --preset)");
+    c->add_option("--preset", preset_name, "built-in shape: tiny, 7m, 26m, 125m (default tiny)");
+    c->add_option("--out", out, "output folder")->required();
+    c->add_option("--dtype", dtype, "weight dtype: f32, bf16 or f16 (default f32)");
+    c->add_option("--seed", seed, "random seed (default 0)");
+    c->add_option("--tokenizer", tokenizer, "folder with tokenizer.json to copy in");
+    c->callback([&]() { cmd_init(config, preset_name, out, dtype, seed, tokenizer); });
+  }
+  {
+    auto* c = app.add_subcommand("info", "architecture, parameter count and memory of a model");
+    static ModelArgs a;
+    static bool j = false;
+    add_model_args(c, a);
+    c->add_flag("--json", j, "print JSON");
+    c->callback([&]() { cmd_info(a, j); });
+  }
+  {
+    auto* c = app.add_subcommand("generate", "generate text from a prompt");
+    static GenArgs a;
+    add_model_args(c, a.m);
+    c->add_option("--prompt", a.prompt, "prompt text (needs tokenizer.json in the model folder)");
+    c->add_option("--prompt-ids", a.prompt_ids, "prompt as token ids, e.g. 1,2,3");
+    c->add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate (default 64)");
+    c->add_option("--temperature", a.temperature, "sampling temperature, 0 = greedy (default 1)");
+    c->add_option("--top-k", a.top_k, "keep the k most likely tokens (0 = off)");
+    c->add_option("--top-p", a.top_p, "nucleus sampling mass (1 = off)");
+    c->add_option("--min-p", a.min_p, "drop tokens below min-p x the top probability (0 = off)");
+    c->add_option("--repetition-penalty", a.repetition_penalty, "penalise seen tokens (1 = off)");
+    c->add_option("--seed", a.seed, "sampling seed (default 0)");
+    c->add_option("--stop-ids", a.stop_ids, "extra token ids that end generation, e.g. 2,7");
+    c->add_flag("--ignore-eos", a.ignore_eos, "do not stop on the model's eos tokens");
+    c->add_flag("--json", a.json_out,
+                "print {\"ids\", \"text\", \"prefill_tok_s\", \"decode_tok_s\"} as JSON");
+    c->callback([&]() { cmd_generate(a); });
+  }
+  {
+    auto* c = app.add_subcommand("eval", "cross-entropy and perplexity of a token sequence");
+    static ModelArgs a;
+    static std::string ids_file;
+    static int64_t context = 0, stride = 0;
+    static bool j = false;
+    add_model_args(c, a);
+    c->add_option("--ids-file", ids_file, "token ids, whitespace- or comma-separated")->required();
+    c->add_option("--context", context, "window length (default: the model's context)");
+    c->add_option("--stride", stride, "window step when the text is longer (default context/2)");
+    c->add_flag("--json", j, "print {\"loss\", \"perplexity\", \"tokens\"} as JSON");
+    c->callback([&]() { cmd_eval(a, ids_file, context, stride, j); });
+  }
+  {
+    auto* c = app.add_subcommand("bench", "prefill and decode speed, peak memory");
+    static ModelArgs a;
+    static int64_t prompt_len = 128, gen_len = 64;
+    static int reps = 3;
+    static bool j = false;
+    add_model_args(c, a);
+    c->add_option("--prompt-len", prompt_len, "prompt tokens (default 128)");
+    c->add_option("--gen-len", gen_len, "generated tokens (default 64)");
+    c->add_option("--reps", reps, "timed repetitions after one warm-up; median reported (default 3)");
+    c->add_flag("--json", j, "print {\"prefill_tok_s\", \"decode_tok_s\", \"peak_rss_bytes\"}");
+    c->callback([&]() { cmd_bench(a, prompt_len, gen_len, reps, j); });
+  }
+  {
+    auto* c = app.add_subcommand("forward", "write the logits of a token sequence (float32, (T, V))");
+    static ModelArgs a;
+    static std::string ids, out;
+    add_model_args(c, a);
+    c->add_option("--prompt-ids", ids, "token ids, e.g. 1,2,3")->required();
+    c->add_option("--out", out, "output file")->required();
+    c->callback([&]() { cmd_forward(a, ids, out); });
+  }
+}
+
 }  // namespace qwen::cli

@@ -25,8 +25,16 @@ struct AttnShape {
 void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride,
                      float* out, const AttnShape& s);
 
+// Same, and also writes lse (H, T): the natural-log log-sum-exp of each query row's scaled
+// scores, lse[h*T + t] = log(sum_{s <= pos0+t} exp(scale * q_t,h . k_s)). The training backward
+// recomputes probabilities tile by tile as exp(scale * q.k - lse). lse may be nullptr.
+void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride,
+                     float* out, const AttnShape& s, float* lse);
+
 // Same contract; builds the (H, T, pos0+T) score matrix explicitly. Optional lse (H, T) output.
 void attention_ref(const float* q, const float* k, const float* v, int64_t kv_stride, float* out,
                    const AttnShape& s);
+void attention_ref(const float* q, const float* k, const float* v, int64_t kv_stride, float* out,
+                   const AttnShape& s, float* lse);
 
 }  // namespace qwen::ops

@@ -25,4 +25,14 @@ void add_inplace(float* y, const float* x, int64_t n);
 // In-place softmax over n values; returns nothing. Max-subtracted, f32.
 void softmax_inplace(float* x, int64_t n);
 
+// y (n) = exp(x), vectorised where the CPU allows (relative error below 4e-7 against exact exp;
+// exp of -inf is 0, overflow gives +inf, NaN stays NaN). y may be x.
+void exp_f32(const float* x, float* y, int64_t n);
+
+// Plain-loop references of the ops that have an AVX-512 path (std::exp), kept for tests and
+// benchmarks; same contracts as above.
+void swiglu_ref(const float* gate, const float* up, float* out, int64_t n);
+void softmax_inplace_ref(float* x, int64_t n);
+void exp_f32_ref(const float* x, float* y, int64_t n);
+
 }  // namespace qwen::ops

@@ -35,4 +35,20 @@ void gemm_f32_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                   int64_t ldc);
 
+// ---- Explicit-ISA entry points (tests and benchmarks compare the paths side by side) ----
+// The public functions above pick the best path for this CPU once (cpu_features(), which honours
+// QWEN_ISA). These run one path by name; asking for a path this CPU lacks throws qwen::Error.
+enum class KernelIsa : uint8_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+const char* kernel_isa_name(KernelIsa isa);
+KernelIsa best_kernel_isa();               // what the public functions use
+bool kernel_isa_available(KernelIsa isa);  // does this CPU run it
+
+void matmul_isa(KernelIsa isa, const float* X, const void* W, DType wt, float* Y, int64_t M,
+                int64_t N, int64_t K, bool accumulate = false);
+void matvec_isa(KernelIsa isa, const void* W, DType wt, const float* x, float* y, int64_t N,
+                int64_t K, bool accumulate = false);
+void gemm_f32_isa(KernelIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+                  float beta, float* C, int64_t ldc);
+
 }  // namespace qwen::ops

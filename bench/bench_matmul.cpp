@@ -1,0 +1,280 @@
+// bench/bench_matmul.cpp — speed of the matrix kernels on the 124.7M model's shapes
+// (C=768, KV dim 256, F=2048, V=32000), against this machine's limits measured in the same run:
+//   matvec (decode): GB/s of weight read, cold (a set of weight copies much larger than the L3,
+//     cycled, as a decode step cycles through the layers) and hot (one weight, cache resident),
+//     and the cold figure as % of the DRAM-read roofline;
+//   matmul (prefill, M = 128 and 512): GFLOP/s for ours (F32, BF16, F16 weights) and OpenBLAS
+//     sgemm (F32), interleaved rep by rep, medians, and % of the measured FMA peak;
+//   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS.
+// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm]
+//                     [--threads N]
+#include <cblas.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/cpu.h"
+#include "core/dtype.h"
+#include "machine_probe.h"
+#include "ops/matmul.h"
+
+using qwen::DType;
+using qwen::ops::KernelIsa;
+using namespace qwen::bench;
+
+namespace {
+
+struct Shape {
+  int64_t N, K;
+  const char* what;
+};
+const Shape kShapes[] = {{768, 768, "q/o proj"},
+                         {256, 768, "k/v proj"},
+                         {2048, 768, "gate/up"},
+                         {32000, 768, "lm_head"},
+                         {768, 2048, "down"}};
+
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// n_copies weight matrices of dtype wt, (N, K) each, 64-byte aligned, random values.
+struct WeightSet {
+  std::vector<void*> copies;
+  size_t bytes_each = 0;
+  WeightSet(int64_t N, int64_t K, DType wt, int n_copies) {
+    bytes_each = size_t(N * K) * qwen::dtype_size(wt);
+    const std::vector<float> src = randn(size_t(N * K), 1);
+    for (int c = 0; c < n_copies; ++c) {
+      void* p = std::aligned_alloc(64, (bytes_each + 63) / 64 * 64);
+      qwen::convert_from_f32(src.data(), wt, p, size_t(N * K));
+      copies.push_back(p);
+    }
+  }
+  ~WeightSet() {
+    for (void* p : copies) std::free(p);
+  }
+};
+
+const char* dname(DType t) { return qwen::dtype_name(t); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool json = false;
+  int reps = 7;
+  std::string only;
+  KernelIsa isa = qwen::ops::best_kernel_isa();
+  int threads = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json") json = true;
+    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (a == "--isa" && i + 1 < argc) {
+      const std::string v = argv[++i];
+      isa = v == "avx512" ? KernelIsa::Avx512 : v == "avx2" ? KernelIsa::Avx2 : KernelIsa::Scalar;
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--json] [--reps N] [--isa avx512|avx2|scalar] "
+                   "[--only matvec|matmul|gemm] [--threads N]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  if (!qwen::ops::kernel_isa_available(isa)) {
+    std::fprintf(stderr, "bench_matmul: this CPU cannot run the %s kernels\n",
+                 qwen::ops::kernel_isa_name(isa));
+    return 1;
+  }
+  if (threads > 0) qwen::set_num_threads(threads);
+  const int nt = qwen::num_threads();
+  openblas_set_num_threads(nt);
+
+  nlohmann::json out;
+  out["isa"] = qwen::ops::kernel_isa_name(isa);
+  out["threads"] = nt;
+  out["openblas_config"] = openblas_get_config();
+
+  // Machine limits, measured now (the machine drifts between processes).
+  const bool wide = isa == KernelIsa::Avx512;
+  const double peak = isa == KernelIsa::Scalar ? 0 : fma_peak_gflops(wide, nt, 5);
+  double dram = 0;
+  {
+    BigBuffer buf(size_t(512) << 20);
+    dram = dram_read_gbs(buf, nt, 5);
+  }
+  out["fma_peak_gflops"] = peak;
+  out["dram_read_gbs"] = dram;
+  if (!json)
+    std::printf("isa %s, %d threads, OpenBLAS '%s'\nmeasured now: fp32 FMA peak (%s) %.1f GFLOP/s, "
+                "DRAM read %.2f GB/s\n",
+                qwen::ops::kernel_isa_name(isa), nt, openblas_get_config(),
+                wide ? "AVX-512" : "AVX2", peak, dram);
+
+  // ---------------- matvec ----------------
+  if (only.empty() || only == "matvec") {
+    if (!json)
+      std::printf("\nmatvec y = W·x (decode): GB/s of weight bytes; cold = %s\n"
+                  "%-9s %-6s %5s %5s %9s %9s %8s %9s\n",
+                  "copies cycled, >= 512 MiB in all", "shape", "dtype", "N", "K", "MiB",
+                  "cold GB/s", "% DRAM", "hot GB/s");
+    nlohmann::json rows = nlohmann::json::array();
+    for (const Shape& s : kShapes)
+      for (DType wt : {DType::F32, DType::BF16, DType::F16}) {
+        const size_t bytes = size_t(s.N * s.K) * qwen::dtype_size(wt);
+        const int n_copies = int(std::max<size_t>(2, ((size_t(512) << 20) + bytes - 1) / bytes));
+        WeightSet ws(s.N, s.K, wt, n_copies);
+        const std::vector<float> x = randn(size_t(s.K), 2);
+        std::vector<float> y(size_t(s.N));
+        // cold: one timing = one pass over all copies
+        std::vector<double> cold, hot;
+        for (int r = 0; r < reps; ++r) {
+          const double t0 = now_s();
+          for (void* w : ws.copies)
+            qwen::ops::matvec_isa(isa, w, wt, x.data(), y.data(), s.N, s.K);
+          cold.push_back(double(bytes) * n_copies / (now_s() - t0) * 1e-9);
+        }
+        // hot: the same copy over and over; one timing = enough calls for ~5 ms
+        const int inner = int(std::max<size_t>(4, size_t(200e6) / bytes));
+        for (int i = 0; i < 3; ++i)
+          qwen::ops::matvec_isa(isa, ws.copies[0], wt, x.data(), y.data(), s.N, s.K);
+        for (int r = 0; r < reps; ++r) {
+          const double t0 = now_s();
+          for (int i = 0; i < inner; ++i)
+            qwen::ops::matvec_isa(isa, ws.copies[0], wt, x.data(), y.data(), s.N, s.K);
+          hot.push_back(double(bytes) * inner / (now_s() - t0) * 1e-9);
+        }
+        const double c = median(cold), h = median(hot);
+        rows.push_back({{"shape", s.what}, {"dtype", dname(wt)}, {"N", s.N}, {"K", s.K},
+                        {"bytes", bytes}, {"cold_gbs", c}, {"cold_pct_dram", 100 * c / dram},
+                        {"hot_gbs", h}});
+        if (!json)
+          std::printf("%-9s %-6s %5lld %5lld %9.2f %9.2f %7.0f%% %9.2f\n", s.what, dname(wt),
+                      (long long)s.N, (long long)s.K, bytes / 1048576.0, c, 100 * c / dram, h);
+      }
+    out["matvec"] = rows;
+  }
+
+  // ---------------- matmul ----------------
+  if (only.empty() || only == "matmul") {
+    if (!json)
+      std::printf("\nmatmul Y = X·Wᵀ (prefill): GFLOP/s (2·M·N·K / time), medians of %d, "
+                  "ours and OpenBLAS sgemm interleaved\n%-9s %4s %5s %5s %9s %9s %9s %9s %9s\n",
+                  reps, "shape", "M", "N", "K", "ours F32", "BLAS F32", "ours BF16", "ours F16",
+                  "F32 %peak");
+    nlohmann::json rows = nlohmann::json::array();
+    for (int64_t M : {128, 512})
+      for (const Shape& s : kShapes) {
+        const int64_t N = s.N, K = s.K;
+        const std::vector<float> X = randn(size_t(M * K), 3);
+        const std::vector<float> Wf = randn(size_t(N * K), 4);
+        std::vector<uint16_t> Wb(size_t(N * K)), Wh(size_t(N * K));
+        qwen::convert_from_f32(Wf.data(), DType::BF16, Wb.data(), Wf.size());
+        qwen::convert_from_f32(Wf.data(), DType::F16, Wh.data(), Wf.size());
+        std::vector<float> Y(size_t(M * N));
+        const double flops = 2.0 * M * N * K;
+        // enough calls per timing for ~20 ms at 100 GFLOP/s
+        const int inner = int(std::max(1.0, 2e9 / flops));
+        auto time_it = [&](auto&& fn) {
+          const double t0 = now_s();
+          for (int i = 0; i < inner; ++i) fn();
+          return flops * inner / (now_s() - t0) * 1e-9;
+        };
+        auto ours = [&](const void* W, DType wt) {
+          return [&, W, wt] { qwen::ops::matmul_isa(isa, X.data(), W, wt, Y.data(), M, N, K); };
+        };
+        auto blas = [&] {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f,
+                      X.data(), int(K), Wf.data(), int(K), 0.0f, Y.data(), int(N));
+        };
+        time_it(ours(Wf.data(), DType::F32));  // warm up both
+        time_it(blas);
+        std::vector<double> of, bf, ob, oh;
+        for (int r = 0; r < reps; ++r) {
+          of.push_back(time_it(ours(Wf.data(), DType::F32)));
+          bf.push_back(time_it(blas));
+          ob.push_back(time_it(ours(Wb.data(), DType::BF16)));
+          oh.push_back(time_it(ours(Wh.data(), DType::F16)));
+        }
+        const double a = median(of), b = median(bf), c = median(ob), d = median(oh);
+        rows.push_back({{"shape", s.what}, {"M", M}, {"N", N}, {"K", K}, {"ours_f32_gflops", a},
+                        {"openblas_f32_gflops", b}, {"ours_bf16_gflops", c},
+                        {"ours_f16_gflops", d}, {"ours_f32_pct_peak", peak > 0 ? 100 * a / peak : 0}});
+        if (!json)
+          std::printf("%-9s %4lld %5lld %5lld %9.1f %9.1f %9.1f %9.1f %8.0f%%\n", s.what,
+                      (long long)M, (long long)N, (long long)K, a, b, c, d,
+                      peak > 0 ? 100 * a / peak : 0.0);
+      }
+    out["matmul"] = rows;
+  }
+
+  // ---------------- gemm_f32 (backward shapes) ----------------
+  if (only.empty() || only == "gemm") {
+    if (!json)
+      std::printf("\ngemm_f32 C = op(A)·op(B) (backward shapes, T=512 tokens): GFLOP/s, medians\n"
+                  "%-26s %5s %5s %5s %9s %9s\n", "case", "M", "N", "K", "ours", "OpenBLAS");
+    struct G {
+      const char* what;
+      bool ta, tb;
+      int64_t M, N, K;
+    };
+    const G cases[] = {{"dX = dY·W   (NN)", false, false, 512, 768, 2048},
+                       {"dX = dY·W   (NN)", false, false, 512, 2048, 768},
+                       {"Y = X·Wt    (NT)", false, true, 512, 768, 768},
+                       {"dW = dYt·X  (TN)", true, false, 768, 768, 512},
+                       {"dW = dYt·X  (TN)", true, false, 2048, 768, 512},
+                       {"A^T·B^T     (TT)", true, true, 512, 768, 768}};
+    nlohmann::json rows = nlohmann::json::array();
+    for (const G& g : cases) {
+      const int64_t rows_a = g.ta ? g.K : g.M, cols_a = g.ta ? g.M : g.K;
+      const int64_t rows_b = g.tb ? g.N : g.K, cols_b = g.tb ? g.K : g.N;
+      const std::vector<float> A = randn(size_t(rows_a * cols_a), 5);
+      const std::vector<float> B = randn(size_t(rows_b * cols_b), 6);
+      std::vector<float> C(size_t(g.M * g.N));
+      const double flops = 2.0 * g.M * g.N * g.K;
+      const int inner = int(std::max(1.0, 2e9 / flops));
+      auto time_it = [&](auto&& fn) {
+        const double t0 = now_s();
+        for (int i = 0; i < inner; ++i) fn();
+        return flops * inner / (now_s() - t0) * 1e-9;
+      };
+      auto ours = [&] {
+        qwen::ops::gemm_f32_isa(isa, g.ta, g.tb, g.M, g.N, g.K, 1.0f, A.data(), cols_a, B.data(),
+                                cols_b, 0.0f, C.data(), g.N);
+      };
+      auto blas = [&] {
+        cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans,
+                    g.tb ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.0f,
+                    A.data(), int(cols_a), B.data(), int(cols_b), 0.0f, C.data(), int(g.N));
+      };
+      time_it(ours);
+      time_it(blas);
+      std::vector<double> o, b;
+      for (int r = 0; r < reps; ++r) {
+        o.push_back(time_it(ours));
+        b.push_back(time_it(blas));
+      }
+      rows.push_back({{"case", g.what}, {"M", g.M}, {"N", g.N}, {"K", g.K},
+                      {"ours_gflops", median(o)}, {"openblas_gflops", median(b)}});
+      if (!json)
+        std::printf("%-26s %5lld %5lld %5lld %9.1f %9.1f\n", g.what, (long long)g.M,
+                    (long long)g.N, (long long)g.K, median(o), median(b));
+    }
+    out["gemm_f32"] = rows;
+  }
+  if (json) std::printf("%s\n", out.dump().c_str());
+  return 0;
+}

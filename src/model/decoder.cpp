@@ -1,0 +1,173 @@
+// model/decoder.cpp — the inference forward pass (see decoder.h). Pre-norm decoder layer:
+//   h = x + o_proj(Attn(rope(q), rope(k), v))   with q,k,v = proj(RMSNorm(x))
+//   x = h + down(silu(gate(RMSNorm(h))) * up(RMSNorm(h)))
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "model/rope.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/matmul.h"
+#include "qwen/error.h"
+
+namespace qwen {
+
+KvCache::KvCache(const ModelConfig& c, int64_t n_seq, int64_t max_len)
+    : n_seq_(n_seq), max_len_(max_len), kv_dim_(c.kv_dim()), len_(size_t(n_seq), 0) {
+  size_t n = size_t(c.num_hidden_layers * n_seq * max_len * kv_dim_);
+  k_.assign(n, 0.f);
+  v_.assign(n, 0.f);
+}
+
+Decoder::Decoder(const Model& m, int64_t max_tokens) : m_(m), max_tokens_(max_tokens) {
+  const ModelConfig& c = m.config();
+  const size_t T = size_t(max_tokens);
+  x_.resize(T * size_t(c.hidden_size));
+  h_.resize(T * size_t(c.hidden_size));
+  q_.resize(T * size_t(c.q_dim()));
+  k_.resize(T * size_t(c.kv_dim()));
+  v_.resize(T * size_t(c.kv_dim()));
+  att_.resize(T * size_t(c.q_dim()));
+  g_.resize(T * size_t(c.intermediate_size));
+  u_.resize(T * size_t(c.intermediate_size));
+  pos_.resize(T);
+}
+
+size_t Decoder::workspace_bytes() const {
+  return 4 * (x_.size() + h_.size() + q_.size() + k_.size() + v_.size() + att_.size() +
+              g_.size() + u_.size() + pos_.size() + cos_.size() + sin_.size());
+}
+
+// Tables cover positions [0, max_pos). Dynamic NTK scaling depends on the longest sequence of
+// the call (transformers: seq_len = max(position_ids) + 1), so those tables are rebuilt when it
+// changes past max_position_embeddings.
+void Decoder::ensure_rope(int64_t max_pos) {
+  const ModelConfig& c = m_.config();
+  const bool dynamic = c.rope_scaling.type == "dynamic";
+  int64_t seq_len = dynamic ? std::max(max_pos, c.max_position_embeddings) : 0;
+  if (max_pos <= rope_len_ && seq_len == rope_seq_len_) return;
+  int64_t n = std::max(max_pos, rope_len_);
+  if (!dynamic) n = std::max<int64_t>(n, 256);
+  RopeFreqs f = rope_frequencies(c, seq_len);
+  rope_tables(f, n, &cos_, &sin_);
+  rope_len_ = n;
+  rope_seq_len_ = seq_len;
+}
+
+void Decoder::linear(const Linear& l, const float* x, float* y, int64_t rows) {
+  ops::matmul(x, l.w, l.dtype, y, rows, l.n_out, l.n_in);
+  if (l.bias) {
+    for (int64_t r = 0; r < rows; ++r) ops::add_inplace(y + r * l.n_out, l.bias, l.n_out);
+  }
+}
+
+void Decoder::forward(KvCache& cache, const SeqChunk* chunks, size_t n_chunks, LogitsMode mode,
+                      float* logits) {
+  const ModelConfig& c = m_.config();
+  const int64_t C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads,
+                D = c.head_dim, F = c.intermediate_size, V = c.vocab_size, kvd = c.kv_dim(),
+                qd = c.q_dim();
+  const float eps = float(c.rms_norm_eps);
+
+  // Rows of this call: chunk i owns rows [row0[i], row0[i] + n_tokens).
+  int64_t M = 0, max_pos = 0;
+  for (size_t i = 0; i < n_chunks; ++i) {
+    const SeqChunk& ch = chunks[i];
+    if (ch.seq < 0 || ch.seq >= cache.n_seq()) throw Error("sequence index out of range");
+    if (ch.n_tokens <= 0) throw Error("a sequence chunk has no tokens");
+    const int64_t pos0 = cache.len(ch.seq);
+    if (pos0 + ch.n_tokens > cache.max_len())
+      throw Error("sequence of " + std::to_string(pos0 + ch.n_tokens) +
+                  " tokens exceeds the context of " + std::to_string(cache.max_len()) +
+                  " tokens; shorten the prompt or lower max_new_tokens");
+    for (int64_t t = 0; t < ch.n_tokens; ++t) {
+      const int32_t id = ch.tokens[t];
+      if (id < 0 || id >= V)
+        throw Error("token id " + std::to_string(id) + " is out of range for vocab_size " +
+                    std::to_string(V));
+      if (M + t >= max_tokens_) throw Error("too many tokens in one forward call");
+      pos_[size_t(M + t)] = int32_t(pos0 + t);
+    }
+    M += ch.n_tokens;
+    max_pos = std::max(max_pos, pos0 + ch.n_tokens);
+  }
+  if (M == 0) return;
+  ensure_rope(max_pos);
+
+  // Embedding rows -> x (M, C).
+  {
+    int64_t r = 0;
+    const size_t row_bytes = size_t(C) * dtype_size(m_.embed_dtype());
+    for (size_t i = 0; i < n_chunks; ++i)
+      for (int64_t t = 0; t < chunks[i].n_tokens; ++t, ++r) {
+        const uint8_t* src = static_cast<const uint8_t*>(m_.embed()) + size_t(chunks[i].tokens[t]) * row_bytes;
+        convert_to_f32(src, m_.embed_dtype(), x_.data() + r * C, size_t(C));
+      }
+  }
+
+  float* x = x_.data();
+  float* h = h_.data();
+  for (size_t l = 0; l < m_.layers().size(); ++l) {
+    const LayerWeights& L = m_.layers()[l];
+    // Attention block.
+    ops::rmsnorm(x, L.attn_norm, h, M, C, eps);
+    linear(L.q, h, q_.data(), M);   // (M, H·D)
+    linear(L.k, h, k_.data(), M);   // (M, KV·D)
+    linear(L.v, h, v_.data(), M);   // (M, KV·D)
+    if (L.q_norm) {
+      ops::rmsnorm(q_.data(), L.q_norm, q_.data(), M * H, D, eps);
+      ops::rmsnorm(k_.data(), L.k_norm, k_.data(), M * KV, D, eps);
+    }
+    ops::rope_apply(q_.data(), M, H, D, pos_.data(), cos_.data(), sin_.data());
+    ops::rope_apply(k_.data(), M, KV, D, pos_.data(), cos_.data(), sin_.data());
+    int64_t r0 = 0;
+    for (size_t i = 0; i < n_chunks; ++i) {
+      const SeqChunk& ch = chunks[i];
+      const int64_t pos0 = cache.len(ch.seq);
+      float* kc = cache.k(int64_t(l), ch.seq);  // (max_len, KV·D)
+      float* vc = cache.v(int64_t(l), ch.seq);
+      std::memcpy(kc + pos0 * kvd, k_.data() + r0 * kvd, size_t(ch.n_tokens * kvd) * 4);
+      std::memcpy(vc + pos0 * kvd, v_.data() + r0 * kvd, size_t(ch.n_tokens * kvd) * 4);
+      ops::AttnShape s;
+      s.T = ch.n_tokens;
+      s.pos0 = pos0;
+      s.H = H;
+      s.KV = KV;
+      s.D = D;
+      s.scale = 1.0f / std::sqrt(float(D));
+      ops::flash_attention(q_.data() + r0 * qd, kc, vc, kvd, att_.data() + r0 * qd, s);
+      r0 += ch.n_tokens;
+    }
+    linear(L.o, att_.data(), h, M);  // (M, C)
+    ops::add_inplace(x, h, M * C);
+    // MLP block.
+    ops::rmsnorm(x, L.mlp_norm, h, M, C, eps);
+    linear(L.gate, h, g_.data(), M);  // (M, F)
+    linear(L.up, h, u_.data(), M);    // (M, F)
+    ops::swiglu(g_.data(), u_.data(), g_.data(), M * F);
+    linear(L.down, g_.data(), h, M);  // (M, C)
+    ops::add_inplace(x, h, M * C);
+  }
+  for (size_t i = 0; i < n_chunks; ++i) cache.set_len(chunks[i].seq, cache.len(chunks[i].seq) + chunks[i].n_tokens);
+
+  if (mode == LogitsMode::kNone) return;
+  int64_t rows = M;
+  if (mode == LogitsMode::kLast) {
+    // Gather the last row of each chunk to the front of x.
+    int64_t r = 0;
+    rows = 0;
+    for (size_t i = 0; i < n_chunks; ++i) {
+      r += chunks[i].n_tokens;
+      if (rows != r - 1) std::memmove(x + rows * C, x + (r - 1) * C, size_t(C) * 4);
+      ++rows;
+    }
+  }
+  ops::rmsnorm(x, m_.final_norm(), h, rows, C, eps);
+  const Linear& head = m_.lm_head();
+  ops::matmul(h, head.w, head.dtype, logits, rows, V, C);
+}
+
+}  // namespace qwen

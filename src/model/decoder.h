@@ -1,0 +1,75 @@
+// model/decoder.h — the inference forward pass of the decoder with a KV cache: one call runs
+// any number of sequences' new tokens (prefill chunks and single decode tokens alike) through
+// shared matrix multiplies, attends each sequence to its own cached keys, and returns logits.
+// All buffers are sized at construction from the config; forward() does not allocate.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/model.h"
+
+namespace qwen {
+
+// Contiguous per-sequence KV cache: (L, n_seq, max_len, KV·D) for K and for V, f32.
+class KvCache {
+ public:
+  KvCache(const ModelConfig& c, int64_t n_seq, int64_t max_len);
+  int64_t n_seq() const { return n_seq_; }
+  int64_t max_len() const { return max_len_; }
+  int64_t kv_dim() const { return kv_dim_; }
+  int64_t len(int64_t seq) const { return len_[size_t(seq)]; }
+  void set_len(int64_t seq, int64_t n) { len_[size_t(seq)] = n; }
+  void reset(int64_t seq) { len_[size_t(seq)] = 0; }
+  float* k(int64_t layer, int64_t seq) { return k_.data() + offset(layer, seq); }
+  float* v(int64_t layer, int64_t seq) { return v_.data() + offset(layer, seq); }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+
+ private:
+  size_t offset(int64_t layer, int64_t seq) const {
+    return size_t((layer * n_seq_ + seq) * max_len_ * kv_dim_);
+  }
+  int64_t n_seq_, max_len_, kv_dim_;
+  std::vector<int64_t> len_;
+  std::vector<float> k_, v_;
+};
+
+// New tokens of one sequence; they go at positions cache.len(seq) ... + n_tokens - 1.
+struct SeqChunk {
+  int64_t seq = 0;
+  int64_t n_tokens = 0;
+  const int32_t* tokens = nullptr;
+};
+
+enum class LogitsMode { kLast, kAll, kNone };
+
+class Decoder {
+ public:
+  // max_tokens: most tokens (all chunks together) in one forward call.
+  Decoder(const Model& m, int64_t max_tokens);
+  const Model& model() const { return m_; }
+  int64_t max_tokens() const { return max_tokens_; }
+
+  // Runs the chunks, appends their K/V to the cache and advances its lengths.
+  // logits: kLast -> (n_chunks, V), the last token of each chunk; kAll -> (total tokens, V) in
+  // chunk order; kNone -> not computed (may be null). Throws qwen::Error on a token id out of
+  // range or a sequence that would outgrow the cache.
+  void forward(KvCache& cache, const SeqChunk* chunks, size_t n_chunks, LogitsMode mode,
+               float* logits);
+
+  // Bytes of scratch this decoder holds.
+  size_t workspace_bytes() const;
+
+ private:
+  void ensure_rope(int64_t max_pos);
+  void linear(const Linear& l, const float* x, float* y, int64_t rows);
+
+  const Model& m_;
+  int64_t max_tokens_;
+  std::vector<float> x_, h_, q_, k_, v_, att_, g_, u_;
+  std::vector<int32_t> pos_;
+  std::vector<float> cos_, sin_;
+  int64_t rope_len_ = 0;       // positions covered by the tables
+  int64_t rope_seq_len_ = -1;  // seq_len the tables were computed for (dynamic rope)
+};
+
+}  // namespace qwen

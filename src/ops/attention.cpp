@@ -1,0 +1,310 @@
+// ops/attention.cpp — causal GQA attention: the tiled flash-attention driver (work split, Q
+// staging, causal tile skipping, online-softmax bookkeeping, merge of split key ranges), the
+// portable inner kernels it falls back to without AVX-512, and the naive reference that
+// materialises the whole score matrix. docs/flash-attention.md explains the technique.
+//
+// Work item = (kv head g, tile of Bq query tokens, key split). Its query block holds the Bq tokens
+// × the G = H/KV query heads that read kv head g, row r = token (r / G), head g·G + r % G, so every
+// K/V tile is loaded once for the whole group. Per thread the memory is the block's Q (M, D),
+// its output accumulator (M, D), one transposed K tile (D, Bk) and one score tile (M, Bk):
+// O(M·(D + Bk)), independent of T and S.
+#include <omp.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/cpu.h"
+#include "ops/attention.h"
+#include "ops/attention_kernels.h"
+#include "qwen/error.h"
+
+namespace qwen::ops {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int64_t kRowsTarget = 64;  // query rows (tokens × grouped heads) per work item
+
+void check_shape(const AttnShape& s, int64_t kv_stride, const char* fn) {
+  const std::string where = std::string("ops::") + fn + ": ";
+  if (s.T < 0 || s.pos0 < 0 || s.H <= 0 || s.KV <= 0 || s.D <= 0)
+    throw Error(where + "bad shape T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
+                " H=" + std::to_string(s.H) + " KV=" + std::to_string(s.KV) + " D=" +
+                std::to_string(s.D) + "; T, pos0 must be >= 0 and H, KV, D > 0");
+  if (s.H % s.KV != 0)
+    throw Error(where + "num_attention_heads " + std::to_string(s.H) +
+                " is not a multiple of num_key_value_heads " + std::to_string(s.KV) +
+                "; fix the model config");
+  if (kv_stride < s.KV * s.D)
+    throw Error(where + "kv_stride " + std::to_string(kv_stride) + " < KV*D = " +
+                std::to_string(s.KV * s.D) + "; K/V rows of one position must not overlap");
+}
+
+// ---- portable inner kernels (plain loops; the reference for the AVX-512 ones) ----------------
+
+using detail::kAttnBk;
+
+void transpose_k_portable(const float* k, int64_t k_stride, int64_t nk, int64_t D, float* Kt) {
+  for (int64_t d = 0; d < D; ++d) {
+    float* row = Kt + d * kAttnBk;
+    for (int64_t j = 0; j < nk; ++j) row[j] = k[j * k_stride + d];
+    for (int64_t j = nk; j < kAttnBk; ++j) row[j] = 0.0f;
+  }
+}
+
+void scores_portable(const float* Qs, int64_t M, int64_t D, const float* Kt, float* S) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * kAttnBk;
+    for (int64_t j = 0; j < kAttnBk; ++j) s[j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = Qs[r * D + d];
+      const float* kr = Kt + d * kAttnBk;
+      for (int64_t j = 0; j < kAttnBk; ++j) s[j] += qd * kr[j];
+    }
+  }
+}
+
+void softmax_update_portable(float* S, int64_t M, const int32_t* n_valid, float* m, float* l,
+                             float* acc, int64_t D) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * kAttnBk;
+    const int64_t nv = n_valid[r];
+    if (nv <= 0) {
+      std::fill(s, s + kAttnBk, 0.0f);
+      continue;
+    }
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, s[j]);
+    const float m_new = std::max(m[r], mx);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < nv; ++j) {
+      s[j] = std::exp2(s[j] - m_new);
+      sum += s[j];
+    }
+    for (int64_t j = nv; j < kAttnBk; ++j) s[j] = 0.0f;
+    const float alpha = std::exp2(m[r] - m_new);
+    l[r] = l[r] * alpha + sum;
+    m[r] = m_new;
+    if (alpha != 1.0f)
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+  }
+}
+
+void pv_portable(const float* P, int64_t M, int64_t nk, const float* v, int64_t v_stride,
+                 int64_t D, float* acc) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* a = acc + r * D;
+    for (int64_t j = 0; j < nk; ++j) {
+      const float p = P[r * kAttnBk + j];
+      const float* vr = v + j * v_stride;
+      for (int64_t d = 0; d < D; ++d) a[d] += p * vr[d];
+    }
+  }
+}
+
+}  // namespace
+
+namespace detail {
+const AttnKernels& attn_kernels_portable() {
+  static const AttnKernels k{transpose_k_portable, scores_portable, softmax_update_portable,
+                             pv_portable};
+  return k;
+}
+}  // namespace detail
+
+// ---- flash attention --------------------------------------------------------------------------
+
+void detail::flash_attention_with(const AttnKernels& kern, const float* q, const float* k,
+                                  const float* v, int64_t kv_stride, float* out,
+                                  const AttnShape& s, float* lse) {
+  check_shape(s, kv_stride, "flash_attention");
+  if (s.T == 0) return;
+  const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, pos0 = s.pos0;
+  const int64_t G = H / KV;                                   // query heads per kv head
+  const int64_t Bq = std::max<int64_t>(1, kRowsTarget / G);  // query tokens per item
+  const int64_t Mmax = Bq * G;
+  const int64_t n_qt = (T + Bq - 1) / Bq;
+  const float qscale = s.scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x·log2 e)
+
+  // Split the key range of each (g, query tile) only when there are fewer of those than threads
+  // (decode with few kv heads): then each split keeps its own (m, l, acc) and they are merged.
+  const int n_threads = omp_get_max_threads();
+  const int64_t n_base = KV * n_qt;
+  const int64_t n_key_tiles_max = (pos0 + T + kAttnBk - 1) / kAttnBk;
+  int64_t n_split = 1;
+  if (n_base < n_threads)
+    n_split = std::max<int64_t>(1, std::min<int64_t>((n_threads + n_base - 1) / n_base,
+                                                     n_key_tiles_max / 2));
+  const int64_t n_items = n_base * n_split;
+
+  // Split partials: (item, M, D) accumulators and (item, M) m, l. Only when n_split > 1.
+  std::vector<float> part_acc, part_m, part_l;
+  if (n_split > 1) {
+    part_acc.assign(size_t(n_items * Mmax * D), 0.0f);
+    part_m.assign(size_t(n_items * Mmax), -std::numeric_limits<float>::infinity());
+    part_l.assign(size_t(n_items * Mmax), 0.0f);
+  }
+
+#pragma omp parallel
+  {
+    const auto sz = [](int64_t n) { return static_cast<size_t>(n); };
+    std::vector<float> Qs(sz(Mmax * D)), Kt(sz(D * kAttnBk)), S(sz(Mmax * kAttnBk));
+    std::vector<float> acc_buf(sz(n_split > 1 ? 0 : Mmax * D));
+    std::vector<float> m_buf(sz(Mmax)), l_buf(sz(Mmax));
+    std::vector<int32_t> n_valid(sz(Mmax));
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n_items; ++it) {
+      // Latest query tiles first: they see the most keys (causal), so the long items start early.
+      const int64_t qt = n_qt - 1 - it / (KV * n_split);
+      const int64_t g = (it / n_split) % KV;
+      const int64_t sp = it % n_split;
+      const int64_t t0 = qt * Bq, t1 = std::min(T, t0 + Bq);
+      const int64_t M = (t1 - t0) * G;
+      const int64_t p_lo = pos0 + t0, p_hi = pos0 + t1 - 1;  // positions of the block's queries
+      const int64_t n_kt = p_hi / kAttnBk + 1;               // key tiles that any row can see
+      const int64_t kt_lo = n_kt * sp / n_split, kt_hi = n_kt * (sp + 1) / n_split;
+
+      const int64_t slot = it;  // = base index b · n_split + sp, as the merge below reads it
+      float* acc = n_split > 1 ? part_acc.data() + slot * Mmax * D : acc_buf.data();
+      float* m = n_split > 1 ? part_m.data() + slot * Mmax : m_buf.data();
+      float* l = n_split > 1 ? part_l.data() + slot * Mmax : l_buf.data();
+      if (n_split == 1) {
+        std::fill(acc, acc + M * D, 0.0f);
+        std::fill(m, m + M, -std::numeric_limits<float>::infinity());
+        std::fill(l, l + M, 0.0f);
+      }
+
+      // Stage the block's queries, pre-scaled: row r = token t0 + r/G, head g·G + r%G.
+      for (int64_t r = 0; r < M; ++r) {
+        const float* src = q + ((t0 + r / G) * H + g * G + r % G) * D;
+        float* dst = Qs.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
+      }
+
+      for (int64_t kt = kt_lo; kt < kt_hi; ++kt) {
+        const int64_t k0 = kt * kAttnBk;
+        const int64_t nk = std::min(kAttnBk, p_hi + 1 - k0);  // keys past p_hi are masked for all
+        const int64_t off = k0 * kv_stride + g * D;
+        kern.transpose_k(k + off, kv_stride, nk, D, Kt.data());
+        kern.scores(Qs.data(), M, D, Kt.data(), S.data());
+        for (int64_t r = 0; r < M; ++r) {
+          const int64_t pos = p_lo + r / G;
+          n_valid[size_t(r)] = int32_t(std::clamp<int64_t>(pos - k0 + 1, 0, nk));
+        }
+        kern.softmax_update(S.data(), M, n_valid.data(), m, l, acc, D);
+        kern.pv(S.data(), M, nk, v + off, kv_stride, D, acc);
+      }
+
+      if (n_split == 1) {
+        for (int64_t r = 0; r < M; ++r) {
+          const int64_t t = t0 + r / G, h = g * G + r % G;
+          const float inv = 1.0f / l[r];
+          float* o = out + (t * H + h) * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = acc[r * D + d] * inv;
+          if (lse) lse[h * T + t] = m[r] * kLn2 + std::log(l[r]);
+        }
+      }
+    }
+  }
+
+  if (n_split > 1) {
+    // Merge the splits of each (g, query tile): rescale each to the common max, then normalise.
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < n_base; ++b) {
+      const int64_t qt = n_qt - 1 - b / KV, g = b % KV;
+      const int64_t t0 = qt * Bq, t1 = std::min(T, t0 + Bq);
+      const int64_t M = (t1 - t0) * G;
+      for (int64_t r = 0; r < M; ++r) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t sp = 0; sp < n_split; ++sp) mx = std::max(mx, part_m[size_t((b * n_split + sp) * Mmax + r)]);
+        float l_sum = 0.0f;
+        const int64_t t = t0 + r / G, h = g * G + r % G;
+        float* o = out + (t * H + h) * D;
+        std::fill(o, o + D, 0.0f);
+        for (int64_t sp = 0; sp < n_split; ++sp) {
+          const int64_t slot = b * n_split + sp;
+          const float w = std::exp2(part_m[size_t(slot * Mmax + r)] - mx);  // 0 for empty splits
+          if (w == 0.0f) continue;
+          l_sum += w * part_l[size_t(slot * Mmax + r)];
+          const float* a = part_acc.data() + (slot * Mmax + r) * D;
+          for (int64_t d = 0; d < D; ++d) o[d] += w * a[d];
+        }
+        const float inv = 1.0f / l_sum;
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        if (lse) lse[h * T + t] = mx * kLn2 + std::log(l_sum);
+      }
+    }
+  }
+}
+
+void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride,
+                     float* out, const AttnShape& s, float* lse) {
+  const CpuFeatures& cpu = cpu_features();
+  const detail::AttnKernels& kern = cpu.avx512 ? detail::attn_kernels_avx512()
+                                    : cpu.avx2 ? detail::attn_kernels_avx2()
+                                               : detail::attn_kernels_portable();
+  detail::flash_attention_with(kern, q, k, v, kv_stride, out, s, lse);
+}
+
+void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride,
+                     float* out, const AttnShape& s) {
+  flash_attention(q, k, v, kv_stride, out, s, nullptr);
+}
+
+// ---- naive reference --------------------------------------------------------------------------
+
+void attention_ref(const float* q, const float* k, const float* v, int64_t kv_stride, float* out,
+                   const AttnShape& s, float* lse) {
+  check_shape(s, kv_stride, "attention_ref");
+  const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, S = s.pos0 + s.T, G = H / KV;
+  if (T == 0) return;
+  // K transposed per kv head, (KV, D, S), so the score loop runs along keys; scores (H, T, S).
+  std::vector<float> kt(size_t(KV * D * S));
+  for (int64_t g = 0; g < KV; ++g)
+    for (int64_t j = 0; j < S; ++j)
+      for (int64_t d = 0; d < D; ++d) kt[size_t((g * D + d) * S + j)] = k[j * kv_stride + g * D + d];
+  std::vector<float> scores(size_t(H * T * S));
+
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t ht = 0; ht < H * T; ++ht) {
+    const int64_t h = ht / T, t = ht % T, g = h / G;
+    const int64_t n = s.pos0 + t + 1;  // keys 0 .. pos0+t are visible
+    float* sc = scores.data() + ht * S;
+    const float* qr = q + (t * H + h) * D;
+    for (int64_t j = 0; j < S; ++j) sc[j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = qr[d];
+      const float* kd = kt.data() + (g * D + d) * S;
+      for (int64_t j = 0; j < n; ++j) sc[j] += qd * kd[j];
+    }
+    for (int64_t j = 0; j < n; ++j) sc[j] *= s.scale;
+    for (int64_t j = n; j < S; ++j) sc[j] = -std::numeric_limits<float>::infinity();
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < S; ++j) mx = std::max(mx, sc[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < S; ++j) {
+      sc[j] = std::exp(sc[j] - mx);
+      sum += sc[j];
+    }
+    float* o = out + (t * H + h) * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      const float p = sc[j] / sum;
+      const float* vr = v + j * kv_stride + g * D;
+      for (int64_t d = 0; d < D; ++d) o[d] += p * vr[d];
+    }
+    if (lse) lse[h * T + t] = mx + std::log(sum);
+  }
+}
+
+void attention_ref(const float* q, const float* k, const float* v, int64_t kv_stride, float* out,
+                   const AttnShape& s) {
+  attention_ref(q, k, v, kv_stride, out, s, nullptr);
+}
+
+}  // namespace qwen::ops

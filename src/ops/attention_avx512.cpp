@@ -1,0 +1,14 @@
+// ops/attention_avx512.cpp — the flash-attention inner kernels of attention_simd.h instantiated
+// for AVX-512 (16-float vectors, 6-row register blocks). Reached only through
+// attn_kernels_avx512() after cpu_features() said AVX-512 is there.
+// g++ 12's intrinsics pass _mm512_undefined_ps() as the unused source of many instructions and
+// then warn maybe-uninitialized at the header line; that warning is spurious here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "ops/attention_simd.h"
+#include "ops/simd_avx512.h"
+
+namespace qwen::ops::detail {
+
+const AttnKernels& attn_kernels_avx512() { return AttnSimd<simd::Avx512>::table(); }
+
+}  // namespace qwen::ops::detail

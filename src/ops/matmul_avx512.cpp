@@ -1,0 +1,256 @@
+// ops/matmul_avx512.cpp — AVX-512 kernels for the matrix products (compiled with -mavx512*,
+// reached only through the runtime dispatch in matmul.cpp).
+//
+// GEMM: the blocked loop nest of matmul_driver.h around a 14x32 register micro-kernel: 14 rows of
+// A broadcast against two zmm of a k-major B panel, 28 zmm accumulators (of 32), two FMA pipes
+// kept busy by 28 independent dependency chains. B panels are packed from the (N, K) weight rows
+// by 16x16 in-register transposes, converting BF16 (shift) or F16 (vcvtph2ps) to f32 on the way,
+// so the kernel only ever sees f32 and accumulates in f32.
+//
+// Matvec: 4 weight rows at a time against x (which stays in L1), two accumulators per row;
+// weights are streamed exactly once. BF16 rows are loaded 32 at a time and split into their even
+// and odd elements with one shift and one AND (both exact), against a copy of x permuted the same
+// way; F16 rows go through vcvtph2ps. Rows are split over the OpenMP team.
+#ifdef QWEN_AVX512_EMULATION
+// Test build only: the same code against plain-C++ intrinsics (see matmul_avx512_emu.h).
+#include "ops/matmul_avx512_emu.h"
+#define QWEN_AVX512_NS avx512_emulated
+#else
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* helpers
+// (GCC bug 105593); silence it for the header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define QWEN_AVX512_NS avx512
+#endif
+#include <omp.h>
+
+#include <cstdint>
+
+#include "ops/matmul_driver.h"
+#include "ops/matmul_internal.h"
+
+namespace qwen::ops::detail::QWEN_AVX512_NS {
+namespace {
+
+// 16x16 f32 transpose in registers: r[i][j] -> r[j][i] (64 shuffles).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + c] lane L holds column 4L + c of rows 4i .. 4i+3.
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    u[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 s0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+    const __m512 s1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 s2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512 s3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+    r[12 + c] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+  }
+}
+
+inline __mmask16 mask16(int64_t n) {  // lowest min(n, 16) lanes
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+// Up to 16 consecutive elements of a weight row as f32 (lanes beyond the mask are 0).
+template <DType T>
+inline __m512 load_row16(const void* base, int64_t idx, __mmask16 m) {
+  if constexpr (T == DType::F32) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + idx);
+  } else if constexpr (T == DType::BF16) {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + idx);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + idx);
+    return _mm512_cvtph_ps(h);
+  }
+}
+
+struct Traits {
+  static constexpr int NR = 32, MR_MAX = 14;
+  static constexpr int64_t KC = 256, MC = 256, NC = 512;
+
+  // B rows of the weight (N, K): 16 rows x 16 k at a time, transposed into the k-major panel.
+  template <DType T>
+  static void pack_b_nk(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv,
+                        float* dst) {
+    for (int g = 0; g < NR / 16; ++g) {
+      const int rows = std::max(0, std::min(16, nv - 16 * g));
+      if (rows == 0) {
+        for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * NR + 16 * g, _mm512_setzero_ps());
+        continue;
+      }
+      for (int64_t kk = 0; kk < kc; kk += 16) {
+        const __mmask16 km = mask16(kc - kk);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = i < rows ? load_row16<T>(p.B, (n0 + 16 * g + i) * p.ldb + k0 + kk, km)
+                          : _mm512_setzero_ps();
+        transpose16(r);
+        const int kv = int(std::min<int64_t>(16, kc - kk));
+        for (int j = 0; j < kv; ++j) _mm512_store_ps(dst + (kk + j) * NR + 16 * g, r[j]);
+      }
+    }
+  }
+
+  static void pack_b(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv,
+                     float* dst) {
+    if (p.b_nk) {
+      switch (p.bt) {
+        case DType::BF16: pack_b_nk<DType::BF16>(p, k0, kc, n0, nv, dst); return;
+        case DType::F16: pack_b_nk<DType::F16>(p, k0, kc, n0, nv, dst); return;
+        default: pack_b_nk<DType::F32>(p, k0, kc, n0, nv, dst); return;
+      }
+    }
+    // B is (K, N) f32: each k row of the panel is a (masked) copy.
+    const float* B = static_cast<const float*>(p.B);
+    const __mmask16 m0 = mask16(nv), m1 = mask16(nv - 16);
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = B + (k0 + k) * p.ldb + n0;
+      _mm512_store_ps(dst + k * NR, _mm512_maskz_loadu_ps(m0, src));
+      _mm512_store_ps(dst + k * NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+    }
+  }
+
+  // C (MR, nv) (+)= A (MR, kc; row stride KC) · B panel (kc, 32).
+  template <int MR>
+  static void kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
+                     float* __restrict C, int64_t ldc, int nv, float alpha, float beta,
+                     bool first) {
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+      const __m512 b0 = _mm512_load_ps(pb + k * NR), b1 = _mm512_load_ps(pb + k * NR + 16);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        const __m512 a = _mm512_set1_ps(pa[r * KC + k]);
+        c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
+        c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+      }
+    }
+    const __mmask16 m0 = mask16(nv), m1 = mask16(nv - 16);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      float* cr = C + r * ldc;
+      __m512 o0, o1;
+      if (first && beta == 0.0f) {
+        o0 = _mm512_mul_ps(va, c0[r]);
+        o1 = _mm512_mul_ps(va, c1[r]);
+      } else {
+        __m512 y0 = _mm512_maskz_loadu_ps(m0, cr), y1 = _mm512_maskz_loadu_ps(m1, cr + 16);
+        if (first && beta != 1.0f) {
+          y0 = _mm512_mul_ps(vb, y0);
+          y1 = _mm512_mul_ps(vb, y1);
+        }
+        o0 = _mm512_fmadd_ps(va, c0[r], y0);
+        o1 = _mm512_fmadd_ps(va, c1[r], y1);
+      }
+      _mm512_mask_storeu_ps(cr, m0, o0);
+      _mm512_mask_storeu_ps(cr + 16, m1, o1);
+    }
+  }
+};
+
+// ---- matvec ----
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// y[r] (+)= dot(W row r, x) for R consecutive rows starting at row n.
+template <DType T, int R>
+inline void dot_rows(const void* W, const float* xs, float* y, int64_t n, int64_t K,
+                     bool accumulate) {
+  __m512 a0[R], a1[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  if constexpr (T == DType::BF16) {
+    // xs is x permuted per 32-chunk: 16 even-index then 16 odd-index elements, zero padded.
+    const uint16_t* w = static_cast<const uint16_t*>(W) + n * K;
+    const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
+    for (; k < K; k += 32) {
+      const __mmask32 km = K - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (K - k)) - 1u);
+      const __m512 xe = _mm512_load_ps(xs + k), xo = _mm512_load_ps(xs + k + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512i v = _mm512_maskz_loadu_epi16(km, w + r * K + k);
+        a0[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, a0[r]);
+        a1[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), xo, a1[r]);
+      }
+    }
+  } else {
+    for (; k + 32 <= K; k += 32) {
+      const __m512 x0 = _mm512_loadu_ps(xs + k), x1 = _mm512_loadu_ps(xs + k + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        a0[r] = _mm512_fmadd_ps(load_row16<T>(W, (n + r) * K + k, 0xFFFF), x0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(load_row16<T>(W, (n + r) * K + k + 16, 0xFFFF), x1, a1[r]);
+      }
+    }
+    for (; k < K; k += 16) {
+      const __mmask16 km = mask16(K - k);
+      const __m512 x0 = _mm512_maskz_loadu_ps(km, xs + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+        a0[r] = _mm512_fmadd_ps(load_row16<T>(W, (n + r) * K + k, km), x0, a0[r]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const float s = hsum(_mm512_add_ps(a0[r], a1[r]));
+    y[n + r] = accumulate ? y[n + r] + s : s;
+  }
+}
+
+template <DType T>
+void matvec_t(const void* W, const float* xs, float* y, int64_t N, int64_t K, bool accumulate) {
+  constexpr int R = 4;
+  const int64_t n_blocks = N / R;
+  const bool par = N * K >= kParallelMinMacs;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t b = 0; b < n_blocks; ++b) dot_rows<T, R>(W, xs, y, b * R, K, accumulate);
+  for (int64_t n = n_blocks * R; n < N; ++n) dot_rows<T, 1>(W, xs, y, n, K, accumulate);
+}
+
+}  // namespace
+
+void gemm(const GemmProblem& p) { gemm_run<Traits>(p); }
+
+void matvec(const void* W, DType wt, const float* x, float* y, int64_t N, int64_t K,
+            bool accumulate) {
+  switch (wt) {
+    case DType::F32: matvec_t<DType::F32>(W, x, y, N, K, accumulate); return;
+    case DType::F16: matvec_t<DType::F16>(W, x, y, N, K, accumulate); return;
+    case DType::BF16: {
+      const int64_t kp = (K + 31) / 32 * 32;
+      float* xs = scratch(2, size_t(kp));
+      for (int64_t c = 0; c < kp; c += 32)
+        for (int j = 0; j < 16; ++j) {
+          const int64_t e = c + 2 * j, o = c + 2 * j + 1;
+          xs[c + j] = e < K ? x[e] : 0.0f;
+          xs[c + 16 + j] = o < K ? x[o] : 0.0f;
+        }
+      matvec_t<DType::BF16>(W, xs, y, N, K, accumulate);
+      return;
+    }
+    default: return;  // rejected by the dispatcher
+  }
+}
+
+}  // namespace qwen::ops::detail::QWEN_AVX512_NS
