@@ -5,10 +5,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 DEB_PACKAGES := build-essential cmake pkg-config libomp-dev nlohmann-json3-dev libcpp-httplib-dev \
   libpcre2-dev libutf8proc-dev libcli11-dev libopenblas-dev libgtest-dev libgmock-dev \
-  libbenchmark-dev python3
+  libbenchmark-dev python3 python3-venv curl
 DEB_DATA := r-cran-janeaustenr bible-kjv-text jargon-text
 
-.PHONY: deps build test demo bench fuzz clean
+.PHONY: deps build test demo bench fuzz clean pyenv
 
 # Install only what is missing; apt-get update only when something is.
 deps:
@@ -27,7 +27,15 @@ $(BUILD)/CMakeCache.txt:
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+# The venv the OpenAI-client test of the server runs in (tests/serve/test_openai_client.py):
+# pip's `openai`, installed once. If pip cannot reach the index, that test FAILS (never skips).
+PYENV := $(BUILD)/pyenv
+$(PYENV)/.openai-installed:
+	@/usr/bin/python3 -m venv $(PYENV) && $(PYENV)/bin/pip install -q openai && touch $@ \
+	  || echo "WARNING: could not pip install openai into $(PYENV): the serve_openai_client test will fail"
+pyenv: $(PYENV)/.openai-installed
+
+test: build pyenv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build

@@ -1,6 +1,9 @@
 // bench/bench_attention.cpp — flash attention against the naive attention that materialises the
 // (H, T, S) score matrix, for causal prefill (H=12, KV=4, D=64; T = 512, 2048, 8192) and decode
-// (T = 1 against S = 512, 2048, 8192 cached keys): median time, GFLOP/s, peak extra memory.
+// (T = 1 against S = 512, 2048, 8192 cached keys): median and best time, GFLOP/s (of the median,
+// counting only the causal half), median process CPU time per call, peak extra memory. On a shared
+// machine the wall times swing with the load; "cpu" (all threads' CPU time, OpenMP spin-waits
+// included) does much less.
 //
 // Variants: flash = ops::flash_attention; naive = ops::attention_ref (plain loops); naive+blas =
 // the same materialised algorithm written here with OpenBLAS sgemm per head for Q·Kᵀ and P·V and
@@ -14,7 +17,9 @@
 //   bench_attention [--threads 2] [--reps 5] [--max-seconds 4] [--json] [--quick] [--no-ops]
 // --quick: T up to 2048 only. --no-ops: skip the per-token ops table at the end.
 #include <cblas.h>
+#include <omp.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,11 +33,10 @@
 #include <functional>
 #include <limits>
 #include <new>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/cpu.h"
 #include "ops/attention.h"
@@ -76,6 +80,12 @@ namespace {
 using qwen::ops::AttnShape;
 using Clock = std::chrono::steady_clock;
 
+double cpu_seconds() {  // CPU time of this process, all threads
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
 int64_t status_kb(const char* key) {  // VmRSS / VmHWM of this process, in KiB
   std::ifstream f("/proc/self/status");
   std::string line;
@@ -94,8 +104,8 @@ void attention_naive_blas(const float* q, const float* k, const float* v, int64_
     const int64_t g = h / G;
     float* P = sc.data() + h * T * S;
     // P (T, S) = scale · Q_h (T, D; row stride H·D) · K_gᵀ (K_g: S rows, stride kv_stride)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), s.scale,
-                q + h * D, int(H * D), k + g * D, int(kv_stride), 0.0f, P, int(S));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(S), int(D), s.scale, q + h * D,
+                int(H * D), k + g * D, int(kv_stride), 0.0f, P, int(S));
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
       float* row = P + t * S;
@@ -104,8 +114,8 @@ void attention_naive_blas(const float* q, const float* k, const float* v, int64_
       qwen::ops::softmax_inplace(row, S);
     }
     // O_h (T, D; row stride H·D) = P (T, S) · V_g (S, D; row stride kv_stride)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), 1.0f, P,
-                int(S), v + g * D, int(kv_stride), 0.0f, out + h * D, int(H * D));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(D), int(S), 1.0f, P, int(S),
+                v + g * D, int(kv_stride), 0.0f, out + h * D, int(H * D));
   }
 }
 
@@ -114,6 +124,7 @@ using AttnFn = void (*)(const float*, const float*, const float*, int64_t, float
 
 struct Result {
   double median_s = 0, min_s = 0;
+  double cpu_s = 0;  // median process CPU time per call (all threads; spin-waits included)
   int reps = 0;
   int64_t alloc_bytes = 0, rss_bytes = 0;
   double max_abs_diff = 0;  // against flash, on this shape
@@ -125,8 +136,9 @@ struct Opts {
   bool json = false, quick = false, ops = true;
 };
 
-// Runs fn on shape s in a forked child: warm-up call (memory measured on it), then up to
-// opts.reps timed calls while their total stays under max_seconds. Also compares the output with
+// Runs fn on shape s in a forked child: a first call (memory measured on it; its time counts as
+// a rep only if it is the only one), then up to opts.reps timed calls while their total stays
+// under max_seconds. Also compares the output with
 // flash_attention's on the same inputs (computed after the measurements).
 Result run_in_child(AttnFn fn, const AttnShape& s, const Opts& opts) {
   int fd[2];
@@ -143,14 +155,19 @@ Result run_in_child(AttnFn fn, const AttnShape& s, const Opts& opts) {
     std::vector<float> out(q.size()), check(q.size());
     for (auto* vec : {&q, &k, &v})
       for (auto& x : *vec) x = nd(rng);
-    // Threads up and check's pages resident before the baseline (they are not the variant's).
+    // OpenMP and OpenBLAS threads up, check's pages resident, before the baseline: they are not
+    // the variant's memory. (The variant itself is not called before: flash keeps its per-thread
+    // scratch between calls, and its first call is the one that allocates it.)
     std::fill(out.begin(), out.end(), 0.0f);
     std::fill(check.begin(), check.end(), 0.0f);
     {
-      AttnShape tiny = s;
-      tiny.T = 1;
-      tiny.pos0 = 0;
-      fn(q.data(), k.data(), v.data(), kv_stride, out.data(), tiny);
+#pragma omp parallel
+      {
+        volatile int id = omp_get_thread_num();
+        (void)id;
+      }
+      float a[4] = {1, 2, 3, 4}, b[4] = {1, 2, 3, 4}, c[4] = {};
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 2, 2, 2, 1.0f, a, 2, b, 2, 0.0f, c, 2);
     }
     Result r;
     {
@@ -158,21 +175,30 @@ Result run_in_child(AttnFn fn, const AttnShape& s, const Opts& opts) {
       const int64_t rss0 = status_kb("VmRSS:");
       const int64_t live0 = g_live.load();
       g_peak.store(live0);
+      const double c0 = cpu_seconds();
       const auto t0 = Clock::now();
       fn(q.data(), k.data(), v.data(), kv_stride, out.data(), s);
       const double first = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double first_cpu = cpu_seconds() - c0;
       r.alloc_bytes = g_peak.load() - live0;
       r.rss_bytes = (status_kb("VmHWM:") - rss0) * 1024;
-      std::vector<double> times;
+      std::vector<double> times, cpu;
       double total = first;
       for (int i = 0; i < opts.reps && total + first <= opts.max_seconds; ++i) {
+        const double c1 = cpu_seconds();
         const auto t1 = Clock::now();
         fn(q.data(), k.data(), v.data(), kv_stride, out.data(), s);
         times.push_back(std::chrono::duration<double>(Clock::now() - t1).count());
+        cpu.push_back(cpu_seconds() - c1);
         total += times.back();
       }
-      if (times.empty()) times.push_back(first);  // one slow call: the warm-up is the figure
+      if (times.empty()) {  // one slow call: the first is the figure
+        times.push_back(first);
+        cpu.push_back(first_cpu);
+      }
       std::sort(times.begin(), times.end());
+      std::sort(cpu.begin(), cpu.end());
+      r.cpu_s = cpu[cpu.size() / 2];
       r.median_s = times[times.size() / 2];
       r.min_s = times.front();
       r.reps = int(times.size());
@@ -200,10 +226,23 @@ Result run_in_child(AttnFn fn, const AttnShape& s, const Opts& opts) {
 std::string human_bytes(int64_t b) {
   char buf[32];
   if (b < 0) return "n/a";
-  if (b < 10 * 1024) std::snprintf(buf, sizeof buf, "%lld B", (long long)b);
-  else if (b < 10 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  else if (b < 10ll * 1024 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.1f MiB", b / 1048576.0);
-  else std::snprintf(buf, sizeof buf, "%.2f GiB", b / 1073741824.0);
+  if (b < 10 * 1024)
+    std::snprintf(buf, sizeof buf, "%lld B", (long long)b);
+  else if (b < 10 * 1024 * 1024)
+    std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  else if (b < 10ll * 1024 * 1024 * 1024)
+    std::snprintf(buf, sizeof buf, "%.1f MiB", b / 1048576.0);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / 1073741824.0);
+  return buf;
+}
+
+std::string human_time(double sec) {
+  char buf[32];
+  if (sec < 1e-3)
+    std::snprintf(buf, sizeof buf, "%.1f us", sec * 1e6);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f ms", sec * 1e3);
   return buf;
 }
 
@@ -232,12 +271,18 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--threads") o.threads = std::atoi(next());
-    else if (a == "--reps") o.reps = std::atoi(next());
-    else if (a == "--max-seconds") o.max_seconds = std::atof(next());
-    else if (a == "--json") o.json = true;
-    else if (a == "--quick") o.quick = true;
-    else if (a == "--no-ops") o.ops = false;
+    if (a == "--threads")
+      o.threads = std::atoi(next());
+    else if (a == "--reps")
+      o.reps = std::atoi(next());
+    else if (a == "--max-seconds")
+      o.max_seconds = std::atof(next());
+    else if (a == "--json")
+      o.json = true;
+    else if (a == "--quick")
+      o.quick = true;
+    else if (a == "--no-ops")
+      o.ops = false;
     else {
       std::fprintf(stderr,
                    "usage: bench_attention [--threads N] [--reps N] [--max-seconds X] [--json] "
@@ -257,13 +302,15 @@ int main(int argc, char** argv) {
                               {"naive", qwen::ops::attention_ref},
                               {"naive+blas", attention_naive_blas}};
 
-  nlohmann::json js = {{"threads", o.threads}, {"isa", isa}, {"H", H}, {"KV", KV}, {"D", D},
-                       {"rows", nlohmann::json::array()}};
+  nlohmann::json js = {
+      {"threads", o.threads},           {"isa", isa}, {"H", H}, {"KV", KV}, {"D", D},
+      {"rows", nlohmann::json::array()}};
   if (!o.json)
-    std::printf("attention, H=%lld KV=%lld D=%lld, %d threads, kernels: %s\n"
-                "%-8s %6s %6s %-11s %11s %9s %12s %12s %5s %9s\n",
-                (long long)H, (long long)KV, (long long)D, o.threads, isa, "mode", "T", "S",
-                "variant", "median", "GFLOP/s", "alloc", "rss", "reps", "diff");
+    std::printf(
+        "attention, H=%lld KV=%lld D=%lld, %d threads, kernels: %s\n"
+        "%-8s %6s %6s %-11s %11s %11s %11s %9s %12s %12s %5s %9s\n",
+        (long long)H, (long long)KV, (long long)D, o.threads, isa, "mode", "T", "S", "variant",
+        "median", "min", "cpu", "GFLOP/s", "alloc", "rss", "reps", "diff");
 
   std::vector<int64_t> Ts = {512, 2048, 8192};
   if (o.quick) Ts = {512, 2048};
@@ -278,17 +325,24 @@ int main(int argc, char** argv) {
       if (T == 1) oo.reps = std::max(o.reps, 200);  // decode calls are short
       const Result r = run_in_child(var.fn, s, oo);
       const double gflops = r.median_s > 0 ? flops / r.median_s * 1e-9 : 0;
-      js["rows"].push_back({{"mode", mode}, {"T", T}, {"S", S}, {"variant", var.name},
-                            {"median_s", r.median_s}, {"min_s", r.min_s}, {"reps", r.reps},
-                            {"gflops", gflops}, {"alloc_bytes", r.alloc_bytes},
-                            {"rss_bytes", r.rss_bytes}, {"max_abs_diff_vs_flash", r.max_abs_diff}});
+      js["rows"].push_back({{"mode", mode},
+                            {"T", T},
+                            {"S", S},
+                            {"variant", var.name},
+                            {"median_s", r.median_s},
+                            {"min_s", r.min_s},
+                            {"cpu_s", r.cpu_s},
+                            {"reps", r.reps},
+                            {"gflops", gflops},
+                            {"alloc_bytes", r.alloc_bytes},
+                            {"rss_bytes", r.rss_bytes},
+                            {"max_abs_diff_vs_flash", r.max_abs_diff}});
       if (!o.json) {
-        char t_buf[32];
-        if (r.median_s < 1e-3) std::snprintf(t_buf, sizeof t_buf, "%.1f us", r.median_s * 1e6);
-        else std::snprintf(t_buf, sizeof t_buf, "%.2f ms", r.median_s * 1e3);
-        std::printf("%-8s %6lld %6lld %-11s %11s %9.1f %12s %12s %5d %9.1e\n", mode, (long long)T,
-                    (long long)S, var.name, t_buf, gflops, human_bytes(r.alloc_bytes).c_str(),
-                    human_bytes(r.rss_bytes).c_str(), r.reps, r.max_abs_diff);
+        std::printf("%-8s %6lld %6lld %-11s %11s %11s %11s %9.1f %12s %12s %5d %9.1e\n", mode,
+                    (long long)T, (long long)S, var.name, human_time(r.median_s).c_str(),
+                    human_time(r.min_s).c_str(), human_time(r.cpu_s).c_str(), gflops,
+                    human_bytes(r.alloc_bytes).c_str(), human_bytes(r.rss_bytes).c_str(), r.reps,
+                    r.max_abs_diff);
         std::fflush(stdout);
       }
     }
@@ -312,16 +366,26 @@ int main(int argc, char** argv) {
     const OpRow rows[] = {
         {"swiglu", [&] { qwen::ops::swiglu(g.data(), u.data(), y.data(), n); },
          [&] { qwen::ops::swiglu_ref(g.data(), u.data(), y.data(), n); }},
-        {"softmax", [&] { y = g; qwen::ops::softmax_inplace(y.data(), n); },
-         [&] { y = g; qwen::ops::softmax_inplace_ref(y.data(), n); }},
+        {"softmax",
+         [&] {
+           y = g;
+           qwen::ops::softmax_inplace(y.data(), n);
+         },
+         [&] {
+           y = g;
+           qwen::ops::softmax_inplace_ref(y.data(), n);
+         }},
         {"exp", [&] { qwen::ops::exp_f32(g.data(), y.data(), n); },
          [&] { qwen::ops::exp_f32_ref(g.data(), y.data(), n); }},
     };
-    if (!o.json) std::printf("\nper-token ops, n=%lld, 1 thread: ns per element\n%-8s %8s %8s\n",
-                             (long long)n, "op", isa, "ref");
+    if (!o.json)
+      std::printf("\nper-token ops, n=%lld, 1 thread: ns per element\n%-8s %8s %8s\n", (long long)n,
+                  "op", isa, "ref");
     for (const auto& r : rows) {
-      const double a = time_op(r.simd, 21) / double(n) * 1e9, b = time_op(r.ref, 21) / double(n) * 1e9;
-      js["ops"].push_back({{"op", r.name}, {"n", n}, {"simd_ns_per_elem", a}, {"ref_ns_per_elem", b}});
+      const double a = time_op(r.simd, 21) / double(n) * 1e9,
+                   b = time_op(r.ref, 21) / double(n) * 1e9;
+      js["ops"].push_back(
+          {{"op", r.name}, {"n", n}, {"simd_ns_per_elem", a}, {"ref_ns_per_elem", b}});
       if (!o.json) std::printf("%-8s %8.3f %8.3f\n", r.name, a, b);
     }
   }

@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
   size_t mib = 1024;
   int reps = 7;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--json")) json = true;
+    if (!std::strcmp(argv[i], "--json"))
+      json = true;
     else if (!std::strcmp(argv[i], "--buffer-mib") && i + 1 < argc)
       mib = std::strtoul(argv[++i], nullptr, 10);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc)
@@ -38,7 +39,8 @@ int main(int argc, char** argv) {
   }
   using namespace qwen::bench;
   if (!has_avx2()) {
-    std::fprintf(stderr, "bench_machine: this CPU has neither AVX-512 nor AVX2+FMA; nothing to probe\n");
+    std::fprintf(stderr,
+                 "bench_machine: this CPU has neither AVX-512 nor AVX2+FMA; nothing to probe\n");
     return 1;
   }
   const bool a512 = has_avx512();
@@ -50,12 +52,13 @@ int main(int argc, char** argv) {
   const double bw1 = dram_read_gbs(buf, 1, reps), bw2 = dram_read_gbs(buf, nt, reps);
   const double p1 = a512 ? f512_1 : f256_1, p2 = a512 ? f512_2 : f256_2;
   if (json) {
-    std::printf("{\"fma_peak_gflops_1t\":%.1f,\"fma_peak_gflops_2t\":%.1f,\"dram_read_gbs_1t\":%.2f,"
-                "\"dram_read_gbs_2t\":%.2f,\"fma_peak_avx512_gflops_1t\":%s,"
-                "\"fma_peak_avx512_gflops_2t\":%s,\"fma_peak_avx2_gflops_1t\":%.1f,"
-                "\"fma_peak_avx2_gflops_2t\":%.1f,\"isa\":\"%s\"}\n",
-                p1, p2, bw1, bw2, num(f512_1, a512, "%.1f").c_str(),
-                num(f512_2, a512, "%.1f").c_str(), f256_1, f256_2, a512 ? "avx512" : "avx2");
+    std::printf(
+        "{\"fma_peak_gflops_1t\":%.1f,\"fma_peak_gflops_2t\":%.1f,\"dram_read_gbs_1t\":%.2f,"
+        "\"dram_read_gbs_2t\":%.2f,\"fma_peak_avx512_gflops_1t\":%s,"
+        "\"fma_peak_avx512_gflops_2t\":%s,\"fma_peak_avx2_gflops_1t\":%.1f,"
+        "\"fma_peak_avx2_gflops_2t\":%.1f,\"isa\":\"%s\"}\n",
+        p1, p2, bw1, bw2, num(f512_1, a512, "%.1f").c_str(), num(f512_2, a512, "%.1f").c_str(),
+        f256_1, f256_2, a512 ? "avx512" : "avx2");
     return 0;
   }
   std::printf("machine limits (medians of %d reps; \"2 threads\" = %d)\n", reps, nt);
@@ -66,6 +69,7 @@ int main(int argc, char** argv) {
     std::printf("%-34s %12s %12s\n", "fp32 FMA peak AVX-512 (GFLOP/s)", "no AVX-512", "-");
   std::printf("%-34s %12.1f %12.1f\n", "fp32 FMA peak AVX2 (GFLOP/s)", f256_1, f256_2);
   std::printf("%-34s %12.2f %12.2f\n", "DRAM read, sum-reduce (GB/s)", bw1, bw2);
-  std::printf("(DRAM buffer %zu MiB, %s loads; 1 GB = 1e9 bytes)\n", mib, a512 ? "AVX-512" : "AVX2");
+  std::printf("(DRAM buffer %zu MiB, %s loads; 1 GB = 1e9 bytes)\n", mib,
+              a512 ? "AVX-512" : "AVX2");
   return 0;
 }

@@ -6,6 +6,10 @@
 //   matmul (prefill, M = 128 and 512): GFLOP/s for ours (F32, BF16, F16 weights) and OpenBLAS
 //     sgemm (F32), interleaved rep by rep, medians, and % of the measured FMA peak;
 //   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS.
+// Fairness: OpenBLAS's worker threads spin (sched_yield loop) for ~2^28 cycles after each call and
+// GOMP's spin briefly after each parallel region; either steals a core from whatever runs next.
+// So every OpenBLAS timing is followed by a 150 ms pause and every one of ours by 20 ms, and the
+// machine limits are measured after a pause, before any OpenBLAS call.
 // Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm]
 //                     [--threads N]
 #include <cblas.h>
@@ -14,11 +18,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/cpu.h"
 #include "core/dtype.h"
@@ -79,10 +83,14 @@ int main(int argc, char** argv) {
   int threads = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--json") json = true;
-    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (a == "--only" && i + 1 < argc) only = argv[++i];
-    else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+    if (a == "--json")
+      json = true;
+    else if (a == "--reps" && i + 1 < argc)
+      reps = std::atoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc)
+      only = argv[++i];
+    else if (a == "--threads" && i + 1 < argc)
+      threads = std::atoi(argv[++i]);
     else if (a == "--isa" && i + 1 < argc) {
       const std::string v = argv[++i];
       isa = v == "avx512" ? KernelIsa::Avx512 : v == "avx2" ? KernelIsa::Avx2 : KernelIsa::Scalar;
@@ -102,6 +110,8 @@ int main(int argc, char** argv) {
   if (threads > 0) qwen::set_num_threads(threads);
   const int nt = qwen::num_threads();
   openblas_set_num_threads(nt);
+  auto settle = [](int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); };
+  settle(300);  // OpenBLAS's workers spin for a while after start-up
 
   nlohmann::json out;
   out["isa"] = qwen::ops::kernel_isa_name(isa);
@@ -119,18 +129,20 @@ int main(int argc, char** argv) {
   out["fma_peak_gflops"] = peak;
   out["dram_read_gbs"] = dram;
   if (!json)
-    std::printf("isa %s, %d threads, OpenBLAS '%s'\nmeasured now: fp32 FMA peak (%s) %.1f GFLOP/s, "
-                "DRAM read %.2f GB/s\n",
-                qwen::ops::kernel_isa_name(isa), nt, openblas_get_config(),
-                wide ? "AVX-512" : "AVX2", peak, dram);
+    std::printf(
+        "isa %s, %d threads, OpenBLAS '%s'\nmeasured now: fp32 FMA peak (%s) %.1f GFLOP/s, "
+        "DRAM read %.2f GB/s\n",
+        qwen::ops::kernel_isa_name(isa), nt, openblas_get_config(), wide ? "AVX-512" : "AVX2", peak,
+        dram);
 
   // ---------------- matvec ----------------
   if (only.empty() || only == "matvec") {
     if (!json)
-      std::printf("\nmatvec y = W·x (decode): GB/s of weight bytes; cold = %s\n"
-                  "%-9s %-6s %5s %5s %9s %9s %8s %9s\n",
-                  "copies cycled, >= 512 MiB in all", "shape", "dtype", "N", "K", "MiB",
-                  "cold GB/s", "% DRAM", "hot GB/s");
+      std::printf(
+          "\nmatvec y = W·x (decode): GB/s of weight bytes; cold = %s\n"
+          "%-9s %-6s %5s %5s %9s %9s %8s %9s\n",
+          "copies cycled, >= 512 MiB in all", "shape", "dtype", "N", "K", "MiB", "cold GB/s",
+          "% DRAM", "hot GB/s");
     nlohmann::json rows = nlohmann::json::array();
     for (const Shape& s : kShapes)
       for (DType wt : {DType::F32, DType::BF16, DType::F16}) {
@@ -143,8 +155,7 @@ int main(int argc, char** argv) {
         std::vector<double> cold, hot;
         for (int r = 0; r < reps; ++r) {
           const double t0 = now_s();
-          for (void* w : ws.copies)
-            qwen::ops::matvec_isa(isa, w, wt, x.data(), y.data(), s.N, s.K);
+          for (void* w : ws.copies) qwen::ops::matvec_isa(isa, w, wt, x.data(), y.data(), s.N, s.K);
           cold.push_back(double(bytes) * n_copies / (now_s() - t0) * 1e-9);
         }
         // hot: the same copy over and over; one timing = enough calls for ~5 ms
@@ -158,8 +169,13 @@ int main(int argc, char** argv) {
           hot.push_back(double(bytes) * inner / (now_s() - t0) * 1e-9);
         }
         const double c = median(cold), h = median(hot);
-        rows.push_back({{"shape", s.what}, {"dtype", dname(wt)}, {"N", s.N}, {"K", s.K},
-                        {"bytes", bytes}, {"cold_gbs", c}, {"cold_pct_dram", 100 * c / dram},
+        rows.push_back({{"shape", s.what},
+                        {"dtype", dname(wt)},
+                        {"N", s.N},
+                        {"K", s.K},
+                        {"bytes", bytes},
+                        {"cold_gbs", c},
+                        {"cold_pct_dram", 100 * c / dram},
                         {"hot_gbs", h}});
         if (!json)
           std::printf("%-9s %-6s %5lld %5lld %9.2f %9.2f %7.0f%% %9.2f\n", s.what, dname(wt),
@@ -171,10 +187,11 @@ int main(int argc, char** argv) {
   // ---------------- matmul ----------------
   if (only.empty() || only == "matmul") {
     if (!json)
-      std::printf("\nmatmul Y = X·Wᵀ (prefill): GFLOP/s (2·M·N·K / time), medians of %d, "
-                  "ours and OpenBLAS sgemm interleaved\n%-9s %4s %5s %5s %9s %9s %9s %9s %9s\n",
-                  reps, "shape", "M", "N", "K", "ours F32", "BLAS F32", "ours BF16", "ours F16",
-                  "F32 %peak");
+      std::printf(
+          "\nmatmul Y = X·Wᵀ (prefill): GFLOP/s (2·M·N·K / time), medians of %d, "
+          "ours and OpenBLAS sgemm interleaved\n%-9s %4s %5s %5s %9s %9s %9s %9s %9s\n",
+          reps, "shape", "M", "N", "K", "ours F32", "BLAS F32", "ours BF16", "ours F16",
+          "F32 %peak");
     nlohmann::json rows = nlohmann::json::array();
     for (int64_t M : {128, 512})
       for (const Shape& s : kShapes) {
@@ -202,17 +219,26 @@ int main(int argc, char** argv) {
         };
         time_it(ours(Wf.data(), DType::F32));  // warm up both
         time_it(blas);
+        settle(150);
         std::vector<double> of, bf, ob, oh;
         for (int r = 0; r < reps; ++r) {
           of.push_back(time_it(ours(Wf.data(), DType::F32)));
+          settle(20);
           bf.push_back(time_it(blas));
+          settle(150);
           ob.push_back(time_it(ours(Wb.data(), DType::BF16)));
           oh.push_back(time_it(ours(Wh.data(), DType::F16)));
         }
         const double a = median(of), b = median(bf), c = median(ob), d = median(oh);
-        rows.push_back({{"shape", s.what}, {"M", M}, {"N", N}, {"K", K}, {"ours_f32_gflops", a},
-                        {"openblas_f32_gflops", b}, {"ours_bf16_gflops", c},
-                        {"ours_f16_gflops", d}, {"ours_f32_pct_peak", peak > 0 ? 100 * a / peak : 0}});
+        rows.push_back({{"shape", s.what},
+                        {"M", M},
+                        {"N", N},
+                        {"K", K},
+                        {"ours_f32_gflops", a},
+                        {"openblas_f32_gflops", b},
+                        {"ours_bf16_gflops", c},
+                        {"ours_f16_gflops", d},
+                        {"ours_f32_pct_peak", peak > 0 ? 100 * a / peak : 0}});
         if (!json)
           std::printf("%-9s %4lld %5lld %5lld %9.1f %9.1f %9.1f %9.1f %8.0f%%\n", s.what,
                       (long long)M, (long long)N, (long long)K, a, b, c, d,
@@ -224,8 +250,10 @@ int main(int argc, char** argv) {
   // ---------------- gemm_f32 (backward shapes) ----------------
   if (only.empty() || only == "gemm") {
     if (!json)
-      std::printf("\ngemm_f32 C = op(A)·op(B) (backward shapes, T=512 tokens): GFLOP/s, medians\n"
-                  "%-26s %5s %5s %5s %9s %9s\n", "case", "M", "N", "K", "ours", "OpenBLAS");
+      std::printf(
+          "\ngemm_f32 C = op(A)·op(B) (backward shapes, T=512 tokens): GFLOP/s, medians\n"
+          "%-26s %5s %5s %5s %9s %9s\n",
+          "case", "M", "N", "K", "ours", "OpenBLAS");
     struct G {
       const char* what;
       bool ta, tb;
@@ -257,21 +285,28 @@ int main(int argc, char** argv) {
       };
       auto blas = [&] {
         cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans,
-                    g.tb ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.0f,
-                    A.data(), int(cols_a), B.data(), int(cols_b), 0.0f, C.data(), int(g.N));
+                    g.tb ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.0f, A.data(),
+                    int(cols_a), B.data(), int(cols_b), 0.0f, C.data(), int(g.N));
       };
       time_it(ours);
       time_it(blas);
+      settle(150);
       std::vector<double> o, b;
       for (int r = 0; r < reps; ++r) {
         o.push_back(time_it(ours));
+        settle(20);
         b.push_back(time_it(blas));
+        settle(150);
       }
-      rows.push_back({{"case", g.what}, {"M", g.M}, {"N", g.N}, {"K", g.K},
-                      {"ours_gflops", median(o)}, {"openblas_gflops", median(b)}});
+      rows.push_back({{"case", g.what},
+                      {"M", g.M},
+                      {"N", g.N},
+                      {"K", g.K},
+                      {"ours_gflops", median(o)},
+                      {"openblas_gflops", median(b)}});
       if (!json)
-        std::printf("%-26s %5lld %5lld %5lld %9.1f %9.1f\n", g.what, (long long)g.M,
-                    (long long)g.N, (long long)g.K, median(o), median(b));
+        std::printf("%-26s %5lld %5lld %5lld %9.1f %9.1f\n", g.what, (long long)g.M, (long long)g.N,
+                    (long long)g.K, median(o), median(b));
     }
     out["gemm_f32"] = rows;
   }

@@ -1,12 +1,16 @@
 // tests/test_attention.cpp — flash attention against the naive reference and against a
 // double-precision attention written here: causal prefill (pos0 = 0), chunked prefill / cache
 // offset (pos0 > 0), decode (T = 1), GQA ratios 1/2/4/8, odd T, S and D, kv_stride > KV·D, the
-// split-key path, lse, every kernel table (AVX-512 and portable) and 1-4 threads.
+// split-key path, lse, every kernel table (portable, AVX2, AVX-512, and the AVX-512 logic run
+// with AVX2 register pairs where the CPU has no AVX-512) and 1-4 threads.
 // K/V padding columns and the rows past pos0+T-1 hold NaN, so a read outside the contract shows.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +19,25 @@
 #include "ops/attention.h"
 #include "ops/attention_kernels.h"
 #include "qwen/error.h"
+
+// Counts operator new calls, for the no-allocation-after-warm-up test. (g++ 12 sees free() of
+// what these operator new returned and warns mismatched-new-delete; they are a matched pair.)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+static std::atomic<long> g_news{0};
+void* operator new(size_t n) {
+  ++g_news;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t n) {
+  ++g_news;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -84,6 +107,7 @@ double max_abs_diff(const A& a, const B& b) {
   EXPECT_EQ(a.size(), b.size());
   double m = 0;
   for (size_t i = 0; i < a.size(); ++i) {
+    if (double(a[i]) == double(b[i])) continue;  // equal, infinities included
     const double d = std::fabs(double(a[i]) - double(b[i]));
     if (!(d <= m)) m = d;  // NaN propagates as NaN
   }
@@ -98,7 +122,10 @@ struct Table {
 // Every kernel table this CPU can run: portable always, AVX2 and AVX-512 where present.
 std::vector<Table> kernel_tables() {
   std::vector<Table> t{{"portable", &qwen::ops::detail::attn_kernels_portable()}};
-  if (qwen::cpu_features().avx2) t.push_back({"avx2", &qwen::ops::detail::attn_kernels_avx2()});
+  if (qwen::cpu_features().avx2) {
+    t.push_back({"avx2", &qwen::ops::detail::attn_kernels_avx2()});
+    t.push_back({"w16 (AVX-512 logic on AVX2)", &qwen::ops::detail::attn_kernels_w16_test()});
+  }
   if (qwen::cpu_features().avx512)
     t.push_back({"avx512", &qwen::ops::detail::attn_kernels_avx512()});
   return t;
@@ -127,8 +154,8 @@ void check(const Problem& p, double tol, const std::string& what) {
   for (const Table& t : kernel_tables()) {
     std::fill(out.begin(), out.end(), kNaN);
     std::fill(lse.begin(), lse.end(), kNaN);
-    qwen::ops::detail::flash_attention_with(*t.k, p.q.data(), p.k.data(), p.v.data(),
-                                            p.kv_stride, out.data(), s, lse.data());
+    qwen::ops::detail::flash_attention_with(*t.k, p.q.data(), p.k.data(), p.v.data(), p.kv_stride,
+                                            out.data(), s, lse.data());
     const char* name = t.name;
     EXPECT_LE(max_abs_diff(out, want), tol) << name << " flash vs double";
     EXPECT_LE(max_abs_diff(lse, want_lse), tol) << name << " flash lse vs double";
@@ -171,7 +198,8 @@ TEST_F(FlashAttention, CacheOffsetChunkedPrefill) {
   uint32_t seed = 200;
   for (auto c : cases)
     check(make_problem(c[0], c[1], 6, 2, c[2], 0, seed++), kTol,
-          "T=" + std::to_string(c[0]) + " pos0=" + std::to_string(c[1]) + " D=" + std::to_string(c[2]));
+          "T=" + std::to_string(c[0]) + " pos0=" + std::to_string(c[1]) +
+              " D=" + std::to_string(c[2]));
 }
 
 TEST_F(FlashAttention, ChunkedPrefillEqualsOneShot) {
@@ -255,42 +283,60 @@ TEST(AttentionKernels, SimdMatchesPortable) {
     const auto& a = *tables[ti].k;
     for (int64_t D : {1, 8, 17, 64, 80, 130})
       for (int64_t M : {1, 2, 4, 5, 6, 7, 13}) {
-      SCOPED_TRACE(std::string(tables[ti].name) + " D=" + std::to_string(D) + " M=" + std::to_string(M));
-      const int64_t nk = 1 + int64_t(rng() % kAttnBk), stride = D + 3;
-      std::vector<float> kv(sz(nk * stride));
-      for (auto& x : kv) x = nd(rng);
-      std::vector<float> kt_a(sz(D * kAttnBk), kNaN), kt_b(sz(D * kAttnBk), kNaN);
-      a.transpose_k(kv.data(), stride, nk, D, kt_a.data());
-      b.transpose_k(kv.data(), stride, nk, D, kt_b.data());
-      EXPECT_EQ(max_abs_diff(kt_a, kt_b), 0.0);
+        SCOPED_TRACE(std::string(tables[ti].name) + " D=" + std::to_string(D) +
+                     " M=" + std::to_string(M));
+        const int64_t nk = 1 + int64_t(rng() % kAttnBk), stride = D + 3;
+        std::vector<float> kv(sz(nk * stride));
+        for (auto& x : kv) x = nd(rng);
+        std::vector<float> kt_a(sz(D * kAttnBk), kNaN), kt_b(sz(D * kAttnBk), kNaN);
+        a.transpose_k(kv.data(), stride, nk, D, kt_a.data());
+        b.transpose_k(kv.data(), stride, nk, D, kt_b.data());
+        EXPECT_EQ(max_abs_diff(kt_a, kt_b), 0.0);
 
-      std::vector<float> qs(sz(M * D));
-      for (auto& x : qs) x = nd(rng);
-      std::vector<float> s_a(sz(M * kAttnBk)), s_b(sz(M * kAttnBk));
-      a.scores(qs.data(), M, D, kt_a.data(), s_a.data());
-      b.scores(qs.data(), M, D, kt_b.data(), s_b.data());
-      EXPECT_LE(max_abs_diff(s_a, s_b), 1e-5 * std::sqrt(double(D)));
-      s_b = s_a;
+        std::vector<float> qs(sz(M * D));
+        for (auto& x : qs) x = nd(rng);
+        std::vector<float> s_a(sz(M * kAttnBk)), s_b(sz(M * kAttnBk));
+        a.scores(qs.data(), M, D, kt_a.data(), s_a.data());
+        b.scores(qs.data(), M, D, kt_b.data(), s_b.data());
+        EXPECT_LE(max_abs_diff(s_a, s_b), 1e-5 * std::sqrt(double(D)));
+        s_b = s_a;
 
-      std::vector<int32_t> n_valid(sz(M));
-      for (auto& n : n_valid) n = int32_t(rng() % (nk + 1));
-      std::vector<float> m_a(sz(M)), l_a(sz(M)), acc_a(sz(M * D));
-      for (int64_t r = 0; r < M; ++r) {
-        m_a[sz(r)] = r % 2 ? -std::numeric_limits<float>::infinity() : nd(rng);
-        l_a[sz(r)] = r % 2 ? 0.0f : 1.5f;
+        std::vector<int32_t> n_valid(sz(M));
+        for (auto& n : n_valid) n = int32_t(rng() % (nk + 1));
+        std::vector<float> m_a(sz(M)), l_a(sz(M)), acc_a(sz(M * D));
+        for (int64_t r = 0; r < M; ++r) {
+          m_a[sz(r)] = r % 2 ? -std::numeric_limits<float>::infinity() : nd(rng);
+          l_a[sz(r)] = r % 2 ? 0.0f : 1.5f;
+        }
+        for (auto& x : acc_a) x = nd(rng);
+        auto m_b = m_a, l_b = l_a, acc_b = acc_a;
+        a.softmax_update(s_a.data(), M, n_valid.data(), m_a.data(), l_a.data(), acc_a.data(), D);
+        b.softmax_update(s_b.data(), M, n_valid.data(), m_b.data(), l_b.data(), acc_b.data(), D);
+        EXPECT_EQ(max_abs_diff(m_a, m_b), 0.0);
+        EXPECT_LE(max_abs_diff(l_a, l_b), 1e-5 * kAttnBk);
+        EXPECT_LE(max_abs_diff(s_a, s_b), 1e-6);
+        EXPECT_LE(max_abs_diff(acc_a, acc_b), 1e-6);
+
+        a.pv(s_a.data(), M, nk, kv.data(), stride, D, acc_a.data());
+        b.pv(s_a.data(), M, nk, kv.data(), stride, D, acc_b.data());
+        EXPECT_LE(max_abs_diff(acc_a, acc_b), 2e-5);
       }
-      for (auto& x : acc_a) x = nd(rng);
-      auto m_b = m_a, l_b = l_a, acc_b = acc_a;
-      a.softmax_update(s_a.data(), M, n_valid.data(), m_a.data(), l_a.data(), acc_a.data(), D);
-      b.softmax_update(s_b.data(), M, n_valid.data(), m_b.data(), l_b.data(), acc_b.data(), D);
-      EXPECT_EQ(max_abs_diff(m_a, m_b), 0.0);
-      EXPECT_LE(max_abs_diff(l_a, l_b), 1e-5 * kAttnBk);
-      EXPECT_LE(max_abs_diff(s_a, s_b), 1e-6);
-      EXPECT_LE(max_abs_diff(acc_a, acc_b), 1e-6);
+  }
+}
 
-      a.pv(s_a.data(), M, nk, kv.data(), stride, D, acc_a.data());
-      b.pv(s_a.data(), M, nk, kv.data(), stride, D, acc_b.data());
-      EXPECT_LE(max_abs_diff(acc_a, acc_b), 2e-5);
+TEST_F(FlashAttention, NoAllocationAfterWarmUp) {
+  // The decode loop calls flash_attention every layer and token; its scratch must be reused.
+  for (int threads : {1, 2}) {
+    qwen::set_num_threads(threads);
+    for (int64_t KV : {1, 4}) {  // KV = 1 with 2 threads takes the split-keys path
+      Problem p = make_problem(1, 700, 8, KV, 64, 0, 3);
+      std::vector<float> out(p.q.size());
+      qwen::ops::flash_attention(p.q.data(), p.k.data(), p.v.data(), p.kv_stride, out.data(), p.s);
+      const long before = g_news.load();
+      for (int i = 0; i < 3; ++i)
+        qwen::ops::flash_attention(p.q.data(), p.k.data(), p.v.data(), p.kv_stride, out.data(),
+                                   p.s);
+      EXPECT_EQ(g_news.load() - before, 0) << "threads=" << threads << " KV=" << KV;
     }
   }
 }
@@ -307,7 +353,8 @@ TEST(FlashAttentionErrors, BadShapesThrow) {
   EXPECT_THROW(qwen::ops::attention_ref(buf.data(), buf.data(), buf.data(), 24, out.data(), s),
                qwen::Error);
   s.D = 8;
-  EXPECT_NO_THROW(qwen::ops::flash_attention(buf.data(), buf.data(), buf.data(), 24, out.data(), s));
+  EXPECT_NO_THROW(
+      qwen::ops::flash_attention(buf.data(), buf.data(), buf.data(), 24, out.data(), s));
 }
 
 TEST(FlashAttentionErrors, EmptyQueryIsANoOp) {

@@ -81,7 +81,7 @@ void rope_tables(int64_t n_pos, int64_t D, std::vector<float>& c, std::vector<fl
     }
 }
 
-TEST(Rope, MatchesRotateHalfReference) {
+TEST(RopeApply, MatchesRotateHalfReference) {
   for (int64_t D : {8, 24, 64, 128}) {
     const int64_t T = 7, nh = 3, n_pos = 4096;
     std::vector<float> c, s;
@@ -102,7 +102,7 @@ TEST(Rope, MatchesRotateHalfReference) {
   }
 }
 
-TEST(Rope, DotProductDependsOnlyOnRelativePosition) {
+TEST(RopeApply, DotProductDependsOnlyOnRelativePosition) {
   const int64_t D = 64, n_pos = 3000;
   std::vector<float> c, s;
   rope_tables(n_pos, D, c, s);
@@ -138,7 +138,8 @@ double silu_mul_double(double g, double u) { return g / (1.0 + std::exp(-g)) * u
 TEST(SwiGlu, MatchesDoubleReference) {
   const int64_t n = 1003;  // not a multiple of 8 or 16
   std::vector<float> g = randn(n, 31, 4.0f), u = randn(n, 32);
-  const float extremes[] = {-1e4f, -100.0f, -88.0f, -30.0f, -1e-8f, 0.0f, 1e-8f, 30.0f, 100.0f, 1e4f};
+  const float extremes[] = {-1e4f, -100.0f, -88.0f, -30.0f, -1e-8f,
+                            0.0f,  1e-8f,   30.0f,  100.0f, 1e4f};
   for (size_t i = 0; i < std::size(extremes); ++i) g[i * 97] = extremes[i];
   std::vector<double> want(sz(n));
   for (int64_t i = 0; i < n; ++i) want[sz(i)] = silu_mul_double(g[sz(i)], u[sz(i)]);
@@ -161,7 +162,7 @@ TEST(Softmax, MatchesDoubleReference) {
   for (int64_t n : {1, 7, 16, 33, 1001}) {
     std::vector<float> x = randn(n, uint32_t(40 + n), 5.0f);
     if (n > 3) x[2] = -std::numeric_limits<float>::infinity();  // masked entry
-    if (n > 10) x[9] = 80.0f;                                    // large: needs max-subtraction
+    if (n > 10) x[9] = 80.0f;                                   // large: needs max-subtraction
     double mx = -1e300;
     for (float v : x) mx = std::max(mx, double(v));
     std::vector<double> want(sz(n));
@@ -194,8 +195,17 @@ TEST(Exp, RelativeErrorOverTheFloatRange) {
 
 TEST(Exp, LimitsAndSpecialValues) {
   const float inf = std::numeric_limits<float>::infinity();
-  const std::vector<float> x = {-inf, -1e30f, -200.0f, -104.0f, 89.0f, 100.0f, 1e30f, inf, 0.0f,
-                                -0.0f, std::numeric_limits<float>::quiet_NaN()};
+  const std::vector<float> x = {-inf,
+                                -1e30f,
+                                -200.0f,
+                                -104.0f,
+                                89.0f,
+                                100.0f,
+                                1e30f,
+                                inf,
+                                0.0f,
+                                -0.0f,
+                                std::numeric_limits<float>::quiet_NaN()};
   std::vector<float> y(x.size(), 123.0f);
   qwen::ops::exp_f32(x.data(), y.data(), int64_t(x.size()));
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(y[i], 0.0f) << "x=" << x[i];

@@ -8,5 +8,6 @@ namespace qwen::cli {
 
 void add_model_commands(CLI::App& app);      // info, generate, eval, bench (cmd_model.cpp)
 void add_tokenizer_commands(CLI::App& app);  // tokenizer encode|decode|train (cmd_tokenizer.cpp)
+void add_serve_commands(CLI::App& app);      // serve (cmd_serve.cpp)
 
 }  // namespace qwen::cli

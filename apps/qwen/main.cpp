@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("qwen ") + QWEN_VERSION);
   qwen::cli::add_model_commands(app);
   qwen::cli::add_tokenizer_commands(app);
+  qwen::cli::add_serve_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

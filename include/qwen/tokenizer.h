@@ -95,6 +95,9 @@ struct BpeTrainOptions {
   int64_t min_frequency = 2;  // pairs seen fewer times than this are never merged
   std::vector<std::string> special_tokens = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
   int n_threads = 0;          // 0: qwen::num_threads()
+  // Texts are counted in chunks of about this many bytes (in parallel), cut only where the
+  // pre-tokenizer always ends a piece: the result does not depend on it or on n_threads.
+  int64_t chunk_bytes = int64_t(1) << 18;
   bool verbose = false;       // progress on stderr
 };
 

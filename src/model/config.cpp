@@ -264,8 +264,9 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& w
   c.torch_dtype = top.has("torch_dtype") ? top.str_or("torch_dtype", "float32")
                                          : top.str_or("dtype", "float32");
 
-  const int64_t derived_head_dim =
-      c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0;
+  const int64_t derived_head_dim = c.num_attention_heads > 0 && c.hidden_size > 0
+                                       ? c.hidden_size / c.num_attention_heads
+                                       : 0;
   if (qwen2) {
     // Qwen2's modeling code has no head_dim; a matching key is harmless, another is ignored.
     c.head_dim = derived_head_dim;
@@ -284,8 +285,10 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& w
   if (top.bool_or("use_sliding_window", false))
     throw Error(where + ": use_sliding_window=true (sliding-window attention) is not supported");
 
-  c.bos_token_id = top.int_or("bos_token_id", -1);
+  // LlamaConfig defaults bos 1 / eos 2 when the keys are absent (an explicit null means none).
+  c.bos_token_id = top.int_or("bos_token_id", llama && !root.contains("bos_token_id") ? 1 : -1);
   c.pad_token_id = top.int_or("pad_token_id", -1);
+  if (llama && !root.contains("eos_token_id")) c.eos_token_ids = {2};
   if (const json* e = top.get("eos_token_id")) {
     if (e->is_array()) {
       for (const json& id : *e) {
@@ -357,6 +360,10 @@ void ModelConfig::validate(const std::string& where) const {
   }
   if (t == "yarn") {
     if (!(rope_theta > 1)) bad("yarn rope needs rope_theta > 1");
+    const double m = s.factor * s.original_max_position_embeddings;
+    if (!(m >= 1) || m > double(int64_t(1) << 40))
+      bad("yarn factor * original_max_position_embeddings = " + std::to_string(m) +
+          " is out of range for max_position_embeddings");
     if (!std::isfinite(s.beta_fast) || !std::isfinite(s.beta_slow) || !(s.beta_fast > 0) ||
         !(s.beta_slow > 0))
       bad("yarn beta_fast and beta_slow must be positive numbers");
@@ -392,10 +399,12 @@ std::string ModelConfig::to_json() const {
   j["initializer_range"] = initializer_range;
   j["attention_dropout"] = 0.0;
   j["use_cache"] = true;
-  if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
+  // Explicit nulls: LlamaConfig would otherwise assume bos 1 / eos 2.
+  j["bos_token_id"] = bos_token_id >= 0 ? json(bos_token_id) : json(nullptr);
   if (pad_token_id >= 0) j["pad_token_id"] = pad_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   else if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;
+  else j["eos_token_id"] = nullptr;
 
   if (model_type == "qwen2" || model_type == "qwen3") j["use_sliding_window"] = false;
   if (model_type == "qwen3" || model_type == "llama") {

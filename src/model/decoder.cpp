@@ -22,6 +22,15 @@ KvCache::KvCache(const ModelConfig& c, int64_t n_seq, int64_t max_len)
   v_.assign(n, 0.f);
 }
 
+void KvCache::append_and_attend(int64_t layer, int64_t seq, const float* k, const float* v,
+                                const float* q, float* out, const ops::AttnShape& s) {
+  float* kc = this->k(layer, seq);  // (max_len, KV·D)
+  float* vc = this->v(layer, seq);
+  std::memcpy(kc + s.pos0 * kv_dim_, k, size_t(s.T * kv_dim_) * 4);
+  std::memcpy(vc + s.pos0 * kv_dim_, v, size_t(s.T * kv_dim_) * 4);
+  ops::flash_attention(q, kc, vc, kv_dim_, out, s);
+}
+
 Decoder::Decoder(const Model& m, int64_t max_tokens) : m_(m), max_tokens_(max_tokens) {
   const ModelConfig& c = m.config();
   const size_t T = size_t(max_tokens);
@@ -64,7 +73,7 @@ void Decoder::linear(const Linear& l, const float* x, float* y, int64_t rows) {
   }
 }
 
-void Decoder::forward(KvCache& cache, const SeqChunk* chunks, size_t n_chunks, LogitsMode mode,
+void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, LogitsMode mode,
                       float* logits) {
   const ModelConfig& c = m_.config();
   const int64_t C = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads,
@@ -79,9 +88,9 @@ void Decoder::forward(KvCache& cache, const SeqChunk* chunks, size_t n_chunks, L
     if (ch.seq < 0 || ch.seq >= cache.n_seq()) throw Error("sequence index out of range");
     if (ch.n_tokens <= 0) throw Error("a sequence chunk has no tokens");
     const int64_t pos0 = cache.len(ch.seq);
-    if (pos0 + ch.n_tokens > cache.max_len())
+    if (pos0 + ch.n_tokens > cache.capacity(ch.seq))
       throw Error("sequence of " + std::to_string(pos0 + ch.n_tokens) +
-                  " tokens exceeds the context of " + std::to_string(cache.max_len()) +
+                  " tokens exceeds the context of " + std::to_string(cache.capacity(ch.seq)) +
                   " tokens; shorten the prompt or lower max_new_tokens");
     for (int64_t t = 0; t < ch.n_tokens; ++t) {
       const int32_t id = ch.tokens[t];
@@ -126,19 +135,15 @@ void Decoder::forward(KvCache& cache, const SeqChunk* chunks, size_t n_chunks, L
     int64_t r0 = 0;
     for (size_t i = 0; i < n_chunks; ++i) {
       const SeqChunk& ch = chunks[i];
-      const int64_t pos0 = cache.len(ch.seq);
-      float* kc = cache.k(int64_t(l), ch.seq);  // (max_len, KV·D)
-      float* vc = cache.v(int64_t(l), ch.seq);
-      std::memcpy(kc + pos0 * kvd, k_.data() + r0 * kvd, size_t(ch.n_tokens * kvd) * 4);
-      std::memcpy(vc + pos0 * kvd, v_.data() + r0 * kvd, size_t(ch.n_tokens * kvd) * 4);
       ops::AttnShape s;
       s.T = ch.n_tokens;
-      s.pos0 = pos0;
+      s.pos0 = cache.len(ch.seq);
       s.H = H;
       s.KV = KV;
       s.D = D;
       s.scale = 1.0f / std::sqrt(float(D));
-      ops::flash_attention(q_.data() + r0 * qd, kc, vc, kvd, att_.data() + r0 * qd, s);
+      cache.append_and_attend(int64_t(l), ch.seq, k_.data() + r0 * kvd, v_.data() + r0 * kvd,
+                              q_.data() + r0 * qd, att_.data() + r0 * qd, s);
       r0 += ch.n_tokens;
     }
     linear(L.o, att_.data(), h, M);  // (M, C)

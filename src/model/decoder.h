@@ -7,19 +7,38 @@
 #include <vector>
 
 #include "model/model.h"
+#include "ops/attention.h"
 
 namespace qwen {
 
+// Where the decoder keeps keys and values. The contiguous KvCache below serves generation and
+// evaluation; the server's paged cache (block tables) implements the same interface.
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  virtual int64_t n_seq() const = 0;
+  virtual int64_t len(int64_t seq) const = 0;       // tokens cached for seq
+  virtual int64_t capacity(int64_t seq) const = 0;  // most tokens seq may hold now
+  virtual void set_len(int64_t seq, int64_t n) = 0;
+  // Store the new rows k, v (s.T, KV·D) of layer at positions s.pos0 .. s.pos0+s.T-1 of seq,
+  // then causal attention of q (s.T, H, D) over positions 0 .. s.pos0+s.T-1 into out (s.T, H, D).
+  virtual void append_and_attend(int64_t layer, int64_t seq, const float* k, const float* v,
+                                 const float* q, float* out, const ops::AttnShape& s) = 0;
+};
+
 // Contiguous per-sequence KV cache: (L, n_seq, max_len, KV·D) for K and for V, f32.
-class KvCache {
+class KvCache : public KvStore {
  public:
   KvCache(const ModelConfig& c, int64_t n_seq, int64_t max_len);
-  int64_t n_seq() const { return n_seq_; }
+  int64_t n_seq() const override { return n_seq_; }
   int64_t max_len() const { return max_len_; }
   int64_t kv_dim() const { return kv_dim_; }
-  int64_t len(int64_t seq) const { return len_[size_t(seq)]; }
-  void set_len(int64_t seq, int64_t n) { len_[size_t(seq)] = n; }
+  int64_t len(int64_t seq) const override { return len_[size_t(seq)]; }
+  int64_t capacity(int64_t) const override { return max_len_; }
+  void set_len(int64_t seq, int64_t n) override { len_[size_t(seq)] = n; }
   void reset(int64_t seq) { len_[size_t(seq)] = 0; }
+  void append_and_attend(int64_t layer, int64_t seq, const float* k, const float* v,
+                         const float* q, float* out, const ops::AttnShape& s) override;
   float* k(int64_t layer, int64_t seq) { return k_.data() + offset(layer, seq); }
   float* v(int64_t layer, int64_t seq) { return v_.data() + offset(layer, seq); }
   size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
@@ -53,7 +72,7 @@ class Decoder {
   // logits: kLast -> (n_chunks, V), the last token of each chunk; kAll -> (total tokens, V) in
   // chunk order; kNone -> not computed (may be null). Throws qwen::Error on a token id out of
   // range or a sequence that would outgrow the cache.
-  void forward(KvCache& cache, const SeqChunk* chunks, size_t n_chunks, LogitsMode mode,
+  void forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, LogitsMode mode,
                float* logits);
 
   // Bytes of scratch this decoder holds.

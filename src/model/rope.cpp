@@ -147,8 +147,10 @@ void rope_tables(const RopeFreqs& f, int64_t n_pos, std::vector<float>* cos_tab,
     float* s = sin_tab->data() + size_t(p) * half;
     for (size_t i = 0; i < half; ++i) {
       const double ang = double(fp * f.inv_freq[i]);  // fp32 product, as torch
-      c[i] = float(std::cos(ang)) * af;
-      s[i] = float(std::sin(ang)) * af;
+      double sn, cs;
+      ::sincos(ang, &sn, &cs);  // correctly rounded to fp32 in practice; torch's Sleef is <= 1 ulp
+      c[i] = float(cs) * af;
+      s[i] = float(sn) * af;
     }
   }
 }

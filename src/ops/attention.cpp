@@ -1,6 +1,6 @@
 // ops/attention.cpp — causal GQA attention: the tiled flash-attention driver (work split, Q
 // staging, causal tile skipping, online-softmax bookkeeping, merge of split key ranges), the
-// portable inner kernels it falls back to without AVX-512, and the naive reference that
+// portable inner kernels it falls back to without AVX2 / AVX-512, and the naive reference that
 // materialises the whole score matrix. docs/flash-attention.md explains the technique.
 //
 // Work item = (kv head g, tile of Bq query tokens, key split). Its query block holds the Bq tokens
@@ -8,17 +8,17 @@
 // K/V tile is loaded once for the whole group. Per thread the memory is the block's Q (M, D),
 // its output accumulator (M, D), one transposed K tile (D, Bk) and one score tile (M, Bk):
 // O(M·(D + Bk)), independent of T and S.
+#include "ops/attention.h"
+
 #include <omp.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "core/cpu.h"
-#include "ops/attention.h"
 #include "ops/attention_kernels.h"
 #include "qwen/error.h"
 
@@ -27,26 +27,53 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int64_t kRowsTarget = 64;  // query rows (tokens × grouped heads) per work item
+using detail::kAttnBk;
 
+// Per-thread scratch budget, in floats (384 KiB, within a 512 KiB L2): it sets how many query
+// rows a work item holds. More rows = each K/V tile fetched from L3 serves more queries.
+constexpr int64_t kScratchFloats = 96 * 1024;
+
+// Query tokens per work item: as many as the scratch budget allows, a multiple of the key tile
+// when that large (then the causal diagonal cuts tiles evenly), but small enough that there are
+// at least 4 items per thread to balance the causal (uneven) work.
+int64_t query_tile(int64_t T, int64_t KV, int64_t G, int64_t D, int n_threads) {
+  const auto align = [](int64_t b) { return b >= kAttnBk ? b / kAttnBk * kAttnBk : b; };
+  int64_t bq = align(std::max<int64_t>(1, kScratchFloats / (2 * D + kAttnBk) / G));
+  while (bq > 16 && KV * ((T + bq - 1) / bq) < 4 * int64_t(n_threads)) bq = align(bq / 2);
+  return bq;
+}
+
+[[noreturn]] void bad_shape(const char* fn, const std::string& what) {
+  throw Error(std::string("ops::") + fn + ": " + what);
+}
+
+// Builds no string unless it throws (flash_attention runs every layer of every decode step).
 void check_shape(const AttnShape& s, int64_t kv_stride, const char* fn) {
-  const std::string where = std::string("ops::") + fn + ": ";
   if (s.T < 0 || s.pos0 < 0 || s.H <= 0 || s.KV <= 0 || s.D <= 0)
-    throw Error(where + "bad shape T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
-                " H=" + std::to_string(s.H) + " KV=" + std::to_string(s.KV) + " D=" +
-                std::to_string(s.D) + "; T, pos0 must be >= 0 and H, KV, D > 0");
+    bad_shape(fn, "bad shape T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
+                      " H=" + std::to_string(s.H) + " KV=" + std::to_string(s.KV) +
+                      " D=" + std::to_string(s.D) + "; T, pos0 must be >= 0 and H, KV, D > 0");
   if (s.H % s.KV != 0)
-    throw Error(where + "num_attention_heads " + std::to_string(s.H) +
-                " is not a multiple of num_key_value_heads " + std::to_string(s.KV) +
-                "; fix the model config");
+    bad_shape(fn, "num_attention_heads " + std::to_string(s.H) +
+                      " is not a multiple of num_key_value_heads " + std::to_string(s.KV) +
+                      "; fix the model config");
   if (kv_stride < s.KV * s.D)
-    throw Error(where + "kv_stride " + std::to_string(kv_stride) + " < KV*D = " +
-                std::to_string(s.KV * s.D) + "; K/V rows of one position must not overlap");
+    bad_shape(fn, "kv_stride " + std::to_string(kv_stride) + " < KV*D = " +
+                      std::to_string(s.KV * s.D) + "; K/V rows of one position must not overlap");
+}
+
+// Per-thread scratch that only grows: OpenMP keeps its threads, so after the first call of a
+// shape no call allocates (the decode loop must not allocate).
+thread_local std::vector<float> tl_tiles, tl_partials;
+thread_local std::vector<int32_t> tl_n_valid;
+
+template <class X>
+X* workspace(std::vector<X>& buf, int64_t n) {
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  return buf.data();
 }
 
 // ---- portable inner kernels (plain loops; the reference for the AVX-512 ones) ----------------
-
-using detail::kAttnBk;
 
 void transpose_k_portable(const float* k, int64_t k_stride, int64_t nk, int64_t D, float* Kt) {
   for (int64_t d = 0; d < D; ++d) {
@@ -94,8 +121,8 @@ void softmax_update_portable(float* S, int64_t M, const int32_t* n_valid, float*
   }
 }
 
-void pv_portable(const float* P, int64_t M, int64_t nk, const float* v, int64_t v_stride,
-                 int64_t D, float* acc) {
+void pv_portable(const float* P, int64_t M, int64_t nk, const float* v, int64_t v_stride, int64_t D,
+                 float* acc) {
   for (int64_t r = 0; r < M; ++r) {
     float* a = acc + r * D;
     for (int64_t j = 0; j < nk; ++j) {
@@ -119,43 +146,47 @@ const AttnKernels& attn_kernels_portable() {
 // ---- flash attention --------------------------------------------------------------------------
 
 void detail::flash_attention_with(const AttnKernels& kern, const float* q, const float* k,
-                                  const float* v, int64_t kv_stride, float* out,
-                                  const AttnShape& s, float* lse) {
+                                  const float* v, int64_t kv_stride, float* out, const AttnShape& s,
+                                  float* lse) {
   check_shape(s, kv_stride, "flash_attention");
   if (s.T == 0) return;
   const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, pos0 = s.pos0;
-  const int64_t G = H / KV;                                   // query heads per kv head
-  const int64_t Bq = std::max<int64_t>(1, kRowsTarget / G);  // query tokens per item
-  const int64_t Mmax = Bq * G;
+  const int64_t G = H / KV;                                  // query heads per kv head
+  const int n_threads = omp_get_max_threads();
+  const int64_t Bq = query_tile(T, KV, G, D, n_threads);  // query tokens per item
+  const int64_t Mmax = Bq * G;                             // query rows per item
   const int64_t n_qt = (T + Bq - 1) / Bq;
   const float qscale = s.scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x·log2 e)
 
   // Split the key range of each (g, query tile) only when there are fewer of those than threads
   // (decode with few kv heads): then each split keeps its own (m, l, acc) and they are merged.
-  const int n_threads = omp_get_max_threads();
   const int64_t n_base = KV * n_qt;
   const int64_t n_key_tiles_max = (pos0 + T + kAttnBk - 1) / kAttnBk;
   int64_t n_split = 1;
   if (n_base < n_threads)
-    n_split = std::max<int64_t>(1, std::min<int64_t>((n_threads + n_base - 1) / n_base,
-                                                     n_key_tiles_max / 2));
+    n_split = std::max<int64_t>(
+        1, std::min<int64_t>((n_threads + n_base - 1) / n_base, n_key_tiles_max / 2));
   const int64_t n_items = n_base * n_split;
 
-  // Split partials: (item, M, D) accumulators and (item, M) m, l. Only when n_split > 1.
-  std::vector<float> part_acc, part_m, part_l;
-  if (n_split > 1) {
-    part_acc.assign(size_t(n_items * Mmax * D), 0.0f);
-    part_m.assign(size_t(n_items * Mmax), -std::numeric_limits<float>::infinity());
-    part_l.assign(size_t(n_items * Mmax), 0.0f);
-  }
+  // Split partials: (item, M, D) accumulators and (item, M) m, l; only when n_split > 1. They
+  // live in the calling thread's workspace, the per-item buffers in each worker's, so a call
+  // allocates nothing once the workspaces have grown to the shape (decode allocates nothing).
+  float* part = nullptr;
+  if (n_split > 1) part = workspace(tl_partials, n_items * Mmax * (D + 2));
+  float* const part_acc = part;
+  float* const part_m = part ? part + n_items * Mmax * D : nullptr;
+  float* const part_l = part ? part_m + n_items * Mmax : nullptr;
 
 #pragma omp parallel
   {
-    const auto sz = [](int64_t n) { return static_cast<size_t>(n); };
-    std::vector<float> Qs(sz(Mmax * D)), Kt(sz(D * kAttnBk)), S(sz(Mmax * kAttnBk));
-    std::vector<float> acc_buf(sz(n_split > 1 ? 0 : Mmax * D));
-    std::vector<float> m_buf(sz(Mmax)), l_buf(sz(Mmax));
-    std::vector<int32_t> n_valid(sz(Mmax));
+    // Per thread: Qs (Mmax, D), Kt (D, Bk), S (Mmax, Bk), acc (Mmax, D), m, l (Mmax).
+    float* const Qs = workspace(tl_tiles, Mmax * D * 2 + D * kAttnBk + Mmax * kAttnBk + 2 * Mmax);
+    float* const Kt = Qs + Mmax * D;
+    float* const S = Kt + D * kAttnBk;
+    float* const acc_buf = S + Mmax * kAttnBk;
+    float* const m_buf = acc_buf + Mmax * D;
+    float* const l_buf = m_buf + Mmax;
+    int32_t* const n_valid = workspace(tl_n_valid, Mmax);
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < n_items; ++it) {
@@ -170,19 +201,17 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
       const int64_t kt_lo = n_kt * sp / n_split, kt_hi = n_kt * (sp + 1) / n_split;
 
       const int64_t slot = it;  // = base index b · n_split + sp, as the merge below reads it
-      float* acc = n_split > 1 ? part_acc.data() + slot * Mmax * D : acc_buf.data();
-      float* m = n_split > 1 ? part_m.data() + slot * Mmax : m_buf.data();
-      float* l = n_split > 1 ? part_l.data() + slot * Mmax : l_buf.data();
-      if (n_split == 1) {
-        std::fill(acc, acc + M * D, 0.0f);
-        std::fill(m, m + M, -std::numeric_limits<float>::infinity());
-        std::fill(l, l + M, 0.0f);
-      }
+      float* acc = n_split > 1 ? part_acc + slot * Mmax * D : acc_buf;
+      float* m = n_split > 1 ? part_m + slot * Mmax : m_buf;
+      float* l = n_split > 1 ? part_l + slot * Mmax : l_buf;
+      std::fill(acc, acc + M * D, 0.0f);
+      std::fill(m, m + M, -std::numeric_limits<float>::infinity());
+      std::fill(l, l + M, 0.0f);
 
       // Stage the block's queries, pre-scaled: row r = token t0 + r/G, head g·G + r%G.
       for (int64_t r = 0; r < M; ++r) {
         const float* src = q + ((t0 + r / G) * H + g * G + r % G) * D;
-        float* dst = Qs.data() + r * D;
+        float* dst = Qs + r * D;
         for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
       }
 
@@ -190,14 +219,14 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
         const int64_t k0 = kt * kAttnBk;
         const int64_t nk = std::min(kAttnBk, p_hi + 1 - k0);  // keys past p_hi are masked for all
         const int64_t off = k0 * kv_stride + g * D;
-        kern.transpose_k(k + off, kv_stride, nk, D, Kt.data());
-        kern.scores(Qs.data(), M, D, Kt.data(), S.data());
+        kern.transpose_k(k + off, kv_stride, nk, D, Kt);
+        kern.scores(Qs, M, D, Kt, S);
         for (int64_t r = 0; r < M; ++r) {
           const int64_t pos = p_lo + r / G;
-          n_valid[size_t(r)] = int32_t(std::clamp<int64_t>(pos - k0 + 1, 0, nk));
+          n_valid[r] = int32_t(std::clamp<int64_t>(pos - k0 + 1, 0, nk));
         }
-        kern.softmax_update(S.data(), M, n_valid.data(), m, l, acc, D);
-        kern.pv(S.data(), M, nk, v + off, kv_stride, D, acc);
+        kern.softmax_update(S, M, n_valid, m, l, acc, D);
+        kern.pv(S, M, nk, v + off, kv_stride, D, acc);
       }
 
       if (n_split == 1) {
@@ -221,17 +250,18 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
       const int64_t M = (t1 - t0) * G;
       for (int64_t r = 0; r < M; ++r) {
         float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t sp = 0; sp < n_split; ++sp) mx = std::max(mx, part_m[size_t((b * n_split + sp) * Mmax + r)]);
+        for (int64_t sp = 0; sp < n_split; ++sp)
+          mx = std::max(mx, part_m[(b * n_split + sp) * Mmax + r]);
         float l_sum = 0.0f;
         const int64_t t = t0 + r / G, h = g * G + r % G;
         float* o = out + (t * H + h) * D;
         std::fill(o, o + D, 0.0f);
         for (int64_t sp = 0; sp < n_split; ++sp) {
           const int64_t slot = b * n_split + sp;
-          const float w = std::exp2(part_m[size_t(slot * Mmax + r)] - mx);  // 0 for empty splits
+          const float w = std::exp2(part_m[slot * Mmax + r] - mx);  // 0 for empty splits
           if (w == 0.0f) continue;
-          l_sum += w * part_l[size_t(slot * Mmax + r)];
-          const float* a = part_acc.data() + (slot * Mmax + r) * D;
+          l_sum += w * part_l[slot * Mmax + r];
+          const float* a = part_acc + (slot * Mmax + r) * D;
           for (int64_t d = 0; d < D; ++d) o[d] += w * a[d];
         }
         const float inv = 1.0f / l_sum;
@@ -242,8 +272,8 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
   }
 }
 
-void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride,
-                     float* out, const AttnShape& s, float* lse) {
+void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride, float* out,
+                     const AttnShape& s, float* lse) {
   const CpuFeatures& cpu = cpu_features();
   const detail::AttnKernels& kern = cpu.avx512 ? detail::attn_kernels_avx512()
                                     : cpu.avx2 ? detail::attn_kernels_avx2()
@@ -251,8 +281,8 @@ void flash_attention(const float* q, const float* k, const float* v, int64_t kv_
   detail::flash_attention_with(kern, q, k, v, kv_stride, out, s, lse);
 }
 
-void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride,
-                     float* out, const AttnShape& s) {
+void flash_attention(const float* q, const float* k, const float* v, int64_t kv_stride, float* out,
+                     const AttnShape& s) {
   flash_attention(q, k, v, kv_stride, out, s, nullptr);
 }
 
@@ -267,7 +297,8 @@ void attention_ref(const float* q, const float* k, const float* v, int64_t kv_st
   std::vector<float> kt(size_t(KV * D * S));
   for (int64_t g = 0; g < KV; ++g)
     for (int64_t j = 0; j < S; ++j)
-      for (int64_t d = 0; d < D; ++d) kt[size_t((g * D + d) * S + j)] = k[j * kv_stride + g * D + d];
+      for (int64_t d = 0; d < D; ++d)
+        kt[size_t((g * D + d) * S + j)] = k[j * kv_stride + g * D + d];
   std::vector<float> scores(size_t(H * T * S));
 
 #pragma omp parallel for schedule(dynamic, 1)

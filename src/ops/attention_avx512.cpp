@@ -2,8 +2,9 @@
 // for AVX-512 (16-float vectors, 6-row register blocks). Reached only through
 // attn_kernels_avx512() after cpu_features() said AVX-512 is there.
 // g++ 12's intrinsics pass _mm512_undefined_ps() as the unused source of many instructions and
-// then warn maybe-uninitialized at the header line; that warning is spurious here.
+// then warn (maybe-)uninitialized at the header line; that warning is spurious here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "ops/attention_simd.h"
 #include "ops/simd_avx512.h"
 

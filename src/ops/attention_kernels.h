@@ -34,6 +34,9 @@ struct AttnKernels {
 const AttnKernels& attn_kernels_portable();
 const AttnKernels& attn_kernels_avx2();    // only call when cpu_features().avx2
 const AttnKernels& attn_kernels_avx512();  // only call when cpu_features().avx512
+// Tests only, needs AVX2: the generic kernels with 16-lane vectors emulated by AVX2 register
+// pairs and the AVX-512 block shape, so AVX-512's logic is exercised on AVX2-only machines.
+const AttnKernels& attn_kernels_w16_test();
 
 // flash_attention with an explicit kernel table (tests run both tables through the driver).
 void flash_attention_with(const AttnKernels& kern, const float* q, const float* k, const float* v,

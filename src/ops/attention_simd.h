@@ -11,7 +11,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -23,8 +22,8 @@ namespace {
 
 // Lanes 0 .. n-1 of p (n in 1..7), the rest 0; nothing past p[n-1] is read.
 inline __m256 load8_n(const float* p, int64_t n) {
-  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(n)),
-                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i m =
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   return _mm256_maskload_ps(p, m);
 }
 
@@ -61,7 +60,8 @@ struct AttnSimd {
     for (int64_t j0 = 0; j0 < kAttnBk; j0 += 8) {
       const int64_t nr = std::clamp<int64_t>(nk - j0, 0, 8);
       if (nr == 0) {
-        for (int64_t d = 0; d < D; ++d) _mm256_storeu_ps(Kt + d * kAttnBk + j0, _mm256_setzero_ps());
+        for (int64_t d = 0; d < D; ++d)
+          _mm256_storeu_ps(Kt + d * kAttnBk + j0, _mm256_setzero_ps());
         continue;
       }
       for (int64_t d0 = 0; d0 < D; d0 += 8) {
@@ -69,9 +69,11 @@ struct AttnSimd {
         __m256 r[8];
         const float* src = k + j0 * k_stride + d0;
         if (nc == 8)
-          for (int i = 0; i < 8; ++i) r[i] = i < nr ? _mm256_loadu_ps(src + i * k_stride) : _mm256_setzero_ps();
+          for (int i = 0; i < 8; ++i)
+            r[i] = i < nr ? _mm256_loadu_ps(src + i * k_stride) : _mm256_setzero_ps();
         else
-          for (int i = 0; i < 8; ++i) r[i] = i < nr ? load8_n(src + i * k_stride, nc) : _mm256_setzero_ps();
+          for (int i = 0; i < 8; ++i)
+            r[i] = i < nr ? load8_n(src + i * k_stride, nc) : _mm256_setzero_ps();
         transpose8x8(r);
         for (int64_t c = 0; c < nc; ++c) _mm256_storeu_ps(Kt + (d0 + c) * kAttnBk + j0, r[c]);
       }
@@ -111,12 +113,23 @@ struct AttnSimd {
     float* s = S + r * kAttnBk;
     static_assert(R <= 6, "remainder dispatch below covers up to 5 rows");
     switch (M - r) {
-      case 5: scores_rows<5>(q, D, Kt, s); break;
-      case 4: scores_rows<4>(q, D, Kt, s); break;
-      case 3: scores_rows<3>(q, D, Kt, s); break;
-      case 2: scores_rows<2>(q, D, Kt, s); break;
-      case 1: scores_rows<1>(q, D, Kt, s); break;
-      default: break;
+      case 5:
+        scores_rows<5>(q, D, Kt, s);
+        break;
+      case 4:
+        scores_rows<4>(q, D, Kt, s);
+        break;
+      case 3:
+        scores_rows<3>(q, D, Kt, s);
+        break;
+      case 2:
+        scores_rows<2>(q, D, Kt, s);
+        break;
+      case 1:
+        scores_rows<1>(q, D, Kt, s);
+        break;
+      default:
+        break;
     }
   }
 
@@ -156,8 +169,10 @@ struct AttnSimd {
     for (int64_t r = 0; r < M; ++r) {
       float* s = S + r * kAttnBk;
       const int64_t nv = n_valid[r];
-      if (nv >= kAttnBk) softmax_row<true>(s, nv, m[r], l[r], acc + r * D, D);
-      else if (nv > 0) softmax_row<false>(s, nv, m[r], l[r], acc + r * D, D);
+      if (nv >= kAttnBk)
+        softmax_row<true>(s, nv, m[r], l[r], acc + r * D, D);
+      else if (nv > 0)
+        softmax_row<false>(s, nv, m[r], l[r], acc + r * D, D);
       else
         for (int64_t c = 0; c < kAttnBk; c += W) V::store(s + c, V::zero());
     }
@@ -185,8 +200,10 @@ struct AttnSimd {
     }
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < NV; ++c) {
-        if (TAIL && c == NV - 1) V::store_n(acc + r * D + c * W, a[r][c], wl);
-        else V::store(acc + r * D + c * W, a[r][c]);
+        if (TAIL && c == NV - 1)
+          V::store_n(acc + r * D + c * W, a[r][c], wl);
+        else
+          V::store(acc + r * D + c * W, a[r][c]);
       }
   }
 
@@ -195,10 +212,18 @@ struct AttnSimd {
                        float* acc, int64_t D, int64_t wl) {
     static_assert(V::kPvVecs <= 4, "chunk dispatch below covers up to 4 vectors");
     switch (nv) {
-      case 4: pv_block<R, 4, TAIL>(P, nk, v, v_stride, acc, D, wl); break;
-      case 3: pv_block<R, 3, TAIL>(P, nk, v, v_stride, acc, D, wl); break;
-      case 2: pv_block<R, 2, TAIL>(P, nk, v, v_stride, acc, D, wl); break;
-      default: pv_block<R, 1, TAIL>(P, nk, v, v_stride, acc, D, wl); break;
+      case 4:
+        pv_block<R, 4, TAIL>(P, nk, v, v_stride, acc, D, wl);
+        break;
+      case 3:
+        pv_block<R, 3, TAIL>(P, nk, v, v_stride, acc, D, wl);
+        break;
+      case 2:
+        pv_block<R, 2, TAIL>(P, nk, v, v_stride, acc, D, wl);
+        break;
+      default:
+        pv_block<R, 1, TAIL>(P, nk, v, v_stride, acc, D, wl);
+        break;
     }
   }
 
@@ -210,13 +235,15 @@ struct AttnSimd {
       const int64_t w = std::min(chunk, D - d0);
       const int nv = int((w + W - 1) / W);
       const int64_t wl = w - int64_t(nv - 1) * W;  // lanes of the last vector, 1 .. W
-      if (wl == W) pv_chunk<R, false>(nv, P, nk, v + d0, v_stride, acc + d0, D, wl);
-      else pv_chunk<R, true>(nv, P, nk, v + d0, v_stride, acc + d0, D, wl);
+      if (wl == W)
+        pv_chunk<R, false>(nv, P, nk, v + d0, v_stride, acc + d0, D, wl);
+      else
+        pv_chunk<R, true>(nv, P, nk, v + d0, v_stride, acc + d0, D, wl);
     }
   }
 
-  static void pv(const float* P, int64_t M, int64_t nk, const float* v, int64_t v_stride,
-                 int64_t D, float* acc) {
+  static void pv(const float* P, int64_t M, int64_t nk, const float* v, int64_t v_stride, int64_t D,
+                 float* acc) {
     constexpr int R = V::kPvRows;
     static_assert(R <= 6, "remainder dispatch below covers up to 5 rows");
     int64_t r = 0;
@@ -224,12 +251,23 @@ struct AttnSimd {
     const float* p = P + r * kAttnBk;
     float* a = acc + r * D;
     switch (M - r) {
-      case 5: pv_rows<5>(p, nk, v, v_stride, a, D); break;
-      case 4: pv_rows<4>(p, nk, v, v_stride, a, D); break;
-      case 3: pv_rows<3>(p, nk, v, v_stride, a, D); break;
-      case 2: pv_rows<2>(p, nk, v, v_stride, a, D); break;
-      case 1: pv_rows<1>(p, nk, v, v_stride, a, D); break;
-      default: break;
+      case 5:
+        pv_rows<5>(p, nk, v, v_stride, a, D);
+        break;
+      case 4:
+        pv_rows<4>(p, nk, v, v_stride, a, D);
+        break;
+      case 3:
+        pv_rows<3>(p, nk, v, v_stride, a, D);
+        break;
+      case 2:
+        pv_rows<2>(p, nk, v, v_stride, a, D);
+        break;
+      case 1:
+        pv_rows<1>(p, nk, v, v_stride, a, D);
+        break;
+      default:
+        break;
     }
   }
 

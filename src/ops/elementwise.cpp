@@ -2,12 +2,13 @@
 // softmax, exp. Plain loops (the compiler vectorises the independent ones); the exp-bound ops
 // (swiglu, softmax, exp) dispatch to elementwise_avx512.cpp / elementwise_avx2.cpp (one body in
 // elementwise_simd.h) when the CPU has them, and keep their std::exp loops as *_ref.
+#include "ops/elementwise.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "core/cpu.h"
-#include "ops/elementwise.h"
 
 namespace qwen::ops {
 
@@ -27,11 +28,16 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t C, 
     float* yr = y + r * C;
     // Mean of squares accumulated in double (Hugging Face reduces in f32; double is at least as
     // close to the exact value), then the f32 steps in HF order: h = x * rsqrt(var + eps); w * h.
-    double ss = 0.0;
-    for (int64_t i = 0; i < C; ++i) ss += double(xr[i]) * double(xr[i]);
+    // Four partial sums: independent add chains instead of one.
+    double ss4[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= C; i += 4)
+      for (int j = 0; j < 4; ++j) ss4[j] += double(xr[i + j]) * double(xr[i + j]);
+    for (; i < C; ++i) ss4[0] += double(xr[i]) * double(xr[i]);
+    const double ss = (ss4[0] + ss4[1]) + (ss4[2] + ss4[3]);
     const float var = float(ss / double(C));
     const float inv = float(1.0 / std::sqrt(double(var + eps)));
-    for (int64_t i = 0; i < C; ++i) yr[i] = w[i] * (xr[i] * inv);
+    for (int64_t c = 0; c < C; ++c) yr[c] = w[c] * (xr[c] * inv);
   }
 }
 
@@ -43,7 +49,7 @@ void rope_apply(float* x, int64_t T, int64_t n_heads, int64_t D, const int32_t* 
     const float* s = sin_tab + int64_t(positions[t]) * half;
     for (int64_t h = 0; h < n_heads; ++h) {
       float* a = x + (t * n_heads + h) * D;  // first half
-      float* b = a + half;                    // second half
+      float* b = a + half;                   // second half
       for (int64_t i = 0; i < half; ++i) {
         const float x1 = a[i], x2 = b[i];
         a[i] = x1 * c[i] - x2 * s[i];
@@ -62,9 +68,12 @@ void swiglu_ref(const float* gate, const float* up, float* out, int64_t n) {
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   const CpuFeatures& cpu = cpu_features();
-  if (cpu.avx512) detail::swiglu_avx512(gate, up, out, n);
-  else if (cpu.avx2) detail::swiglu_avx2(gate, up, out, n);
-  else swiglu_ref(gate, up, out, n);
+  if (cpu.avx512)
+    detail::swiglu_avx512(gate, up, out, n);
+  else if (cpu.avx2)
+    detail::swiglu_avx2(gate, up, out, n);
+  else
+    swiglu_ref(gate, up, out, n);
 }
 
 void add_inplace(float* y, const float* x, int64_t n) {
@@ -86,9 +95,12 @@ void softmax_inplace_ref(float* x, int64_t n) {
 
 void softmax_inplace(float* x, int64_t n) {
   const CpuFeatures& cpu = cpu_features();
-  if (cpu.avx512) detail::softmax_inplace_avx512(x, n);
-  else if (cpu.avx2) detail::softmax_inplace_avx2(x, n);
-  else softmax_inplace_ref(x, n);
+  if (cpu.avx512)
+    detail::softmax_inplace_avx512(x, n);
+  else if (cpu.avx2)
+    detail::softmax_inplace_avx2(x, n);
+  else
+    softmax_inplace_ref(x, n);
 }
 
 void exp_f32_ref(const float* x, float* y, int64_t n) {
@@ -97,9 +109,12 @@ void exp_f32_ref(const float* x, float* y, int64_t n) {
 
 void exp_f32(const float* x, float* y, int64_t n) {
   const CpuFeatures& cpu = cpu_features();
-  if (cpu.avx512) detail::exp_f32_avx512(x, y, n);
-  else if (cpu.avx2) detail::exp_f32_avx2(x, y, n);
-  else exp_f32_ref(x, y, n);
+  if (cpu.avx512)
+    detail::exp_f32_avx512(x, y, n);
+  else if (cpu.avx2)
+    detail::exp_f32_avx2(x, y, n);
+  else
+    exp_f32_ref(x, y, n);
 }
 
 }  // namespace qwen::ops

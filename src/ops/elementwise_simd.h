@@ -22,7 +22,8 @@ struct ElementwiseSimd {
   static void swiglu(const float* gate, const float* up, float* out, int64_t n) {
     int64_t i = 0;
     for (; i + W <= n; i += W) V::store(out + i, silu_mul(V::load(gate + i), V::load(up + i)));
-    if (i < n) V::store_n(out + i, silu_mul(V::load_n(gate + i, n - i), V::load_n(up + i, n - i)), n - i);
+    if (i < n)
+      V::store_n(out + i, silu_mul(V::load_n(gate + i, n - i), V::load_n(up + i, n - i)), n - i);
   }
 
   static void exp(const float* x, float* y, int64_t n) {

@@ -41,8 +41,9 @@ float* scratch(int slot, size_t n_floats) {
     std::free(s.ptr[slot]);
     const size_t bytes = (n_floats * sizeof(float) + 63) / 64 * 64;
     s.ptr[slot] = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (!s.ptr[slot]) throw Error("matmul: out of memory for a " + std::to_string(bytes) +
-                                  "-byte scratch buffer; free memory or use smaller shapes");
+    if (!s.ptr[slot])
+      throw Error("matmul: out of memory for a " + std::to_string(bytes) +
+                  "-byte scratch buffer; free memory or use smaller shapes");
     s.cap[slot] = n_floats;
   }
   return s.ptr[slot];
@@ -71,12 +72,11 @@ void check_weight_dtype(const char* fn, DType wt) {
 void check_dims(const char* fn, int64_t M, int64_t N, int64_t K) {
   if (M < 0 || N < 0 || K < 0)
     throw Error(std::string(fn) + ": negative size (M=" + std::to_string(M) +
-                ", N=" + std::to_string(N) + ", K=" + std::to_string(K) +
-                "); pass sizes >= 0");
+                ", N=" + std::to_string(N) + ", K=" + std::to_string(K) + "); pass sizes >= 0");
 }
 
-void check_gemm_args(const char* fn, bool trans_a, bool trans_b, int64_t M, int64_t N,
-                     int64_t K, int64_t lda, int64_t ldb, int64_t ldc) {
+void check_gemm_args(const char* fn, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                     int64_t lda, int64_t ldb, int64_t ldc) {
   check_dims(fn, M, N, K);
   const int64_t need_a = trans_a ? M : K, need_b = trans_b ? K : N;
   if (lda < std::max<int64_t>(1, need_a) || ldb < std::max<int64_t>(1, need_b) ||
@@ -227,8 +227,8 @@ void matmul_isa(KernelIsa isa, const float* X, const void* W, DType wt, float* Y
 }
 
 void gemm_f32_isa(KernelIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-                  float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
-                  float beta, float* C, int64_t ldc) {
+                  float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                  float* C, int64_t ldc) {
   check_gemm_args("gemm_f32", trans_a, trans_b, M, N, K, lda, ldb, ldc);
   require(isa);
   if (M == 0 || N == 0) return;
@@ -273,8 +273,8 @@ void matvec_ref(const void* W, DType wt, const float* x, float* y, int64_t N, in
   }
 }
 
-void matmul_ref(const float* X, const void* W, DType wt, float* Y, int64_t M, int64_t N,
-                int64_t K, bool accumulate) {
+void matmul_ref(const float* X, const void* W, DType wt, float* Y, int64_t M, int64_t N, int64_t K,
+                bool accumulate) {
   check_weight_dtype("matmul_ref", wt);
   check_dims("matmul_ref", M, N, K);
   for (int64_t m = 0; m < M; ++m)

@@ -4,8 +4,9 @@
 // GEMM: the blocked loop nest of matmul_driver.h around a 6x16 register micro-kernel (6 rows of A
 // broadcast against two ymm of a k-major B panel: 12 accumulators + 2 B + 1 A of the 16 ymm).
 // B panels are converted to f32 a row at a time and scattered into the k-major panel.
-// Matvec: 4 weight rows at a time, two accumulators per row, weights streamed once; BF16 is
-// widened with a zero-extend and shift, F16 with vcvtph2ps.
+// Matvec: 4 weight rows at a time, two accumulators per row, weights streamed once; BF16 rows are
+// loaded 16 at a time and split exactly into even (shift) and odd (AND) elements against a
+// permuted copy of x; F16 is widened with vcvtph2ps.
 // GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* helpers
 // (GCC bug 105593); silence it for the header only.
 #pragma GCC diagnostic push
@@ -53,35 +54,83 @@ inline float load1(const void* base, int64_t idx) {
   }
 }
 
+// The first n (< 8) elements of a weight row as f32, the rest 0, reading nothing beyond them.
+template <DType T>
+inline __m256 load_part(const void* base, int64_t idx, int n) {
+  alignas(32) float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int j = 0; j < n; ++j) t[j] = load1<T>(base, idx + j);
+  return _mm256_load_ps(t);
+}
+
+// 8x8 f32 transpose in registers: r[i][j] -> r[j][i] (24 shuffles).
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4h + c] lane L holds column 4L + c of rows 4h .. 4h+3.
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+  }
+}
+
 inline __m256i lane_mask(int n) {  // lanes < n set (n in 0..8)
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 struct Traits {
   static constexpr int NR = 16, MR_MAX = 6;
-  static constexpr int64_t KC = 256, MC = 192, NC = 512;
+#ifndef TUNE_KC
+#define TUNE_KC 256
+#define TUNE_MC 192
+#define TUNE_NC 512
+#endif
+  static constexpr int64_t KC = TUNE_KC, MC = TUNE_MC, NC = TUNE_NC;
 
+  // B rows of the weight (N, K): 8 rows x 8 k at a time, transposed in registers into the
+  // k-major panel (the two 8-row halves of the 16-wide panel are done one after the other).
   template <DType T>
   static void pack_b_nk(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv,
                         float* dst) {
-    for (int i = 0; i < NR; ++i) {
-      if (i >= nv) {
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + i] = 0.0f;
+    constexpr int64_t es = T == DType::F32 ? 4 : 2;
+    for (int g = 0; g < NR / 8; ++g) {
+      const int rows = std::max(0, std::min(8, nv - 8 * g));
+      if (rows == 0) {
+        for (int64_t k = 0; k < kc; ++k) _mm256_store_ps(dst + k * NR + 8 * g, _mm256_setzero_ps());
         continue;
       }
-      const int64_t row = (n0 + i) * p.ldb + k0;
-      int64_t k = 0;
-      alignas(32) float tmp[8];
-      for (; k + 8 <= kc; k += 8) {
-        _mm256_store_ps(tmp, load8<T>(p.B, row + k));
-        for (int j = 0; j < 8; ++j) dst[(k + j) * NR + i] = tmp[j];
+      for (int64_t kk = 0; kk < kc; kk += 8) {
+        const int kv = int(std::min<int64_t>(8, kc - kk));
+        // Prefetch the same k range of the next panel's rows into L2, once per cache line, so
+        // the next pack finds them there rather than in L3 / DRAM (16 row streams are more than
+        // the hardware prefetcher follows well).
+        if ((kk * es) % 64 == 0 && n0 + NR + 8 * g + 7 < p.N) {
+          for (int i = 0; i < 8; ++i)
+            _mm_prefetch(static_cast<const char*>(p.B) + ((n0 + NR + 8 * g + i) * p.ldb + k0 + kk) * es,
+                         _MM_HINT_T1);
+        }
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) {
+          const int64_t idx = (n0 + 8 * g + i) * p.ldb + k0 + kk;
+          r[i] = i >= rows ? _mm256_setzero_ps()
+                 : kv == 8 ? load8<T>(p.B, idx)
+                           : load_part<T>(p.B, idx, kv);
+        }
+        transpose8(r);
+        for (int j = 0; j < kv; ++j) _mm256_store_ps(dst + (kk + j) * NR + 8 * g, r[j]);
       }
-      for (; k + 1 < kc; ++k) dst[k * NR + i] = load1<T>(p.B, row + k);
     }
   }
 
-  static void pack_b(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv,
-                     float* dst) {
+  static void pack_b(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv, float* dst) {
     if (p.b_nk) {
       switch (p.bt) {
         case DType::BF16: pack_b_nk<DType::BF16>(p, k0, kc, n0, nv, dst); return;
@@ -105,6 +154,7 @@ struct Traits {
     __m256 c0[MR], c1[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+#pragma GCC unroll 4
     for (int64_t k = 0; k < kc; ++k) {
       const __m256 b0 = _mm256_load_ps(pb + k * NR), b1 = _mm256_load_ps(pb + k * NR + 8);
 #pragma GCC unroll 8
@@ -114,21 +164,32 @@ struct Traits {
         c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
       }
     }
-    const __m256i m0 = lane_mask(std::min(nv, 8)), m1 = lane_mask(std::max(0, nv - 8));
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    const bool load_c = !(first && beta == 0.0f), scale_c = first && beta != 1.0f;
+    if (nv == NR) {  // full tile: plain loads and stores (vmaskmov is slow on some CPUs)
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        float* cr = C + r * ldc;
+        __m256 o0 = _mm256_mul_ps(va, c0[r]), o1 = _mm256_mul_ps(va, c1[r]);
+        if (load_c) {
+          __m256 y0 = _mm256_loadu_ps(cr), y1 = _mm256_loadu_ps(cr + 8);
+          if (scale_c) y0 = _mm256_mul_ps(vb, y0), y1 = _mm256_mul_ps(vb, y1);
+          o0 = _mm256_fmadd_ps(va, c0[r], y0);
+          o1 = _mm256_fmadd_ps(va, c1[r], y1);
+        }
+        _mm256_storeu_ps(cr, o0);
+        _mm256_storeu_ps(cr + 8, o1);
+      }
+      return;
+    }
+    const __m256i m0 = lane_mask(std::min(nv, 8)), m1 = lane_mask(std::max(0, nv - 8));
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       float* cr = C + r * ldc;
-      __m256 o0, o1;
-      if (first && beta == 0.0f) {
-        o0 = _mm256_mul_ps(va, c0[r]);
-        o1 = _mm256_mul_ps(va, c1[r]);
-      } else {
+      __m256 o0 = _mm256_mul_ps(va, c0[r]), o1 = _mm256_mul_ps(va, c1[r]);
+      if (load_c) {
         __m256 y0 = _mm256_maskload_ps(cr, m0), y1 = _mm256_maskload_ps(cr + 8, m1);
-        if (first && beta != 1.0f) {
-          y0 = _mm256_mul_ps(vb, y0);
-          y1 = _mm256_mul_ps(vb, y1);
-        }
+        if (scale_c) y0 = _mm256_mul_ps(vb, y0), y1 = _mm256_mul_ps(vb, y1);
         o0 = _mm256_fmadd_ps(va, c0[r], y0);
         o1 = _mm256_fmadd_ps(va, c1[r], y1);
       }
@@ -144,42 +205,69 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
-template <DType T, int R>
-inline void dot_rows(const void* W, const float* x, float* y, int64_t n, int64_t K,
-                     bool accumulate) {
-  __m256 a0[R], a1[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+// Software prefetch distance for the weight stream, in bytes ahead of the current load. The rows
+// are read one after another, so W is one linear stream per thread and the distance crosses row
+// ends seamlessly (prefetching past the end of W is harmless: prefetches never fault).
+constexpr int64_t kMatvecPrefetchBytes = 2048;
+
+// dot(W row n, x) with four accumulators (four independent FMA chains). For BF16, xs is x
+// permuted per 16-chunk (8 even-index then 8 odd-index elements) for the full chunks; the
+// K % 16 tail uses x.
+template <DType T>
+inline float dot_row(const void* W, const float* x, const float* xs, int64_t n, int64_t K) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      a0[r] = _mm256_fmadd_ps(load8<T>(W, (n + r) * K + k), x0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(load8<T>(W, (n + r) * K + k + 8), x1, a1[r]);
+  if constexpr (T == DType::BF16) {
+    // 16 weights per load, split exactly into the even elements (shift) and the odd ones (AND).
+    const uint16_t* w = static_cast<const uint16_t*>(W) + n * K;
+    const char* pf = reinterpret_cast<const char*>(w) + kMatvecPrefetchBytes;
+    const __m256i hi = _mm256_set1_epi32(int(0xFFFF0000u));
+    for (; k + 32 <= K; k += 32) {
+      _mm_prefetch(pf + 2 * k, _MM_HINT_T0);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 16));
+      a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xs + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_loadu_ps(xs + k + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_loadu_ps(xs + k + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)), _mm256_loadu_ps(xs + k + 24), a3);
     }
+    if (k + 16 <= K) {
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+      a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xs + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_loadu_ps(xs + k + 8), a1);
+      k += 16;
+    }
+  } else {
+    const char* pf = static_cast<const char*>(W) + (n * K) * int64_t(T == DType::F32 ? 4 : 2) +
+                     kMatvecPrefetchBytes;
+    constexpr int64_t es = T == DType::F32 ? 4 : 2;
+    for (; k + 32 <= K; k += 32) {
+      _mm_prefetch(pf + es * k, _MM_HINT_T0);
+      if constexpr (es == 4) _mm_prefetch(pf + es * k + 64, _MM_HINT_T0);
+      const int64_t i = n * K + k;
+      a0 = _mm256_fmadd_ps(load8<T>(W, i), _mm256_loadu_ps(x + k), a0);
+      a1 = _mm256_fmadd_ps(load8<T>(W, i + 8), _mm256_loadu_ps(x + k + 8), a1);
+      a2 = _mm256_fmadd_ps(load8<T>(W, i + 16), _mm256_loadu_ps(x + k + 16), a2);
+      a3 = _mm256_fmadd_ps(load8<T>(W, i + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    for (; k + 8 <= K; k += 8)
+      a0 = _mm256_fmadd_ps(load8<T>(W, n * K + k), _mm256_loadu_ps(x + k), a0);
   }
-  for (; k + 8 <= K; k += 8) {
-    const __m256 x0 = _mm256_loadu_ps(x + k);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) a0[r] = _mm256_fmadd_ps(load8<T>(W, (n + r) * K + k), x0, a0[r]);
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    float s = hsum(_mm256_add_ps(a0[r], a1[r]));
-    for (int64_t j = k; j < K; ++j) s += load1<T>(W, (n + r) * K + j) * x[j];
-    y[n + r] = accumulate ? y[n + r] + s : s;
-  }
+  float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  for (; k < K; ++k) s += load1<T>(W, n * K + k) * x[k];
+  return s;
 }
 
+// Rows split evenly over the team (static schedule): each thread streams one contiguous part of W.
 template <DType T>
-void matvec_t(const void* W, const float* x, float* y, int64_t N, int64_t K, bool accumulate) {
-  constexpr int R = 4;
-  const int64_t n_blocks = N / R;
+void matvec_t(const void* W, const float* x, const float* xs, float* y, int64_t N, int64_t K,
+              bool accumulate) {
   const bool par = N * K >= kParallelMinMacs;
 #pragma omp parallel for schedule(static) if (par)
-  for (int64_t b = 0; b < n_blocks; ++b) dot_rows<T, R>(W, x, y, b * R, K, accumulate);
-  for (int64_t n = n_blocks * R; n < N; ++n) dot_rows<T, 1>(W, x, y, n, K, accumulate);
+  for (int64_t n = 0; n < N; ++n) {
+    const float s = dot_row<T>(W, x, xs, n, K);
+    y[n] = accumulate ? y[n] + s : s;
+  }
 }
 
 }  // namespace
@@ -189,9 +277,19 @@ void gemm(const GemmProblem& p) { gemm_run<Traits>(p); }
 void matvec(const void* W, DType wt, const float* x, float* y, int64_t N, int64_t K,
             bool accumulate) {
   switch (wt) {
-    case DType::F32: matvec_t<DType::F32>(W, x, y, N, K, accumulate); return;
-    case DType::F16: matvec_t<DType::F16>(W, x, y, N, K, accumulate); return;
-    case DType::BF16: matvec_t<DType::BF16>(W, x, y, N, K, accumulate); return;
+    case DType::F32: matvec_t<DType::F32>(W, x, nullptr, y, N, K, accumulate); return;
+    case DType::F16: matvec_t<DType::F16>(W, x, nullptr, y, N, K, accumulate); return;
+    case DType::BF16: {
+      const int64_t kf = K / 16 * 16;
+      float* xs = scratch(2, size_t(kf) + 1);
+      for (int64_t c = 0; c < kf; c += 16)
+        for (int j = 0; j < 8; ++j) {
+          xs[c + j] = x[c + 2 * j];
+          xs[c + 8 + j] = x[c + 2 * j + 1];
+        }
+      matvec_t<DType::BF16>(W, x, xs, y, N, K, accumulate);
+      return;
+    }
     default: return;  // rejected by the dispatcher
   }
 }

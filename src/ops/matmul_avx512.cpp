@@ -7,8 +7,8 @@
 // by 16x16 in-register transposes, converting BF16 (shift) or F16 (vcvtph2ps) to f32 on the way,
 // so the kernel only ever sees f32 and accumulates in f32.
 //
-// Matvec: 4 weight rows at a time against x (which stays in L1), two accumulators per row;
-// weights are streamed exactly once. BF16 rows are loaded 32 at a time and split into their even
+// Matvec: one weight row at a time against x (which stays in L1), four accumulators, the weight
+// stream software-prefetched 2 KiB ahead; weights are read exactly once. BF16 rows are loaded 32 at a time and split into their even
 // and odd elements with one shift and one AND (both exact), against a copy of x permuted the same
 // way; F16 rows go through vcvtph2ps. Rows are split over the OpenMP team.
 #ifdef QWEN_AVX512_EMULATION
@@ -92,7 +92,8 @@ struct Traits {
     for (int g = 0; g < NR / 16; ++g) {
       const int rows = std::max(0, std::min(16, nv - 16 * g));
       if (rows == 0) {
-        for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * NR + 16 * g, _mm512_setzero_ps());
+        for (int64_t k = 0; k < kc; ++k)
+          _mm512_store_ps(dst + k * NR + 16 * g, _mm512_setzero_ps());
         continue;
       }
       for (int64_t kk = 0; kk < kc; kk += 16) {
@@ -108,8 +109,7 @@ struct Traits {
     }
   }
 
-  static void pack_b(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv,
-                     float* dst) {
+  static void pack_b(const GemmProblem& p, int64_t k0, int64_t kc, int64_t n0, int nv, float* dst) {
     if (p.b_nk) {
       switch (p.bt) {
         case DType::BF16: pack_b_nk<DType::BF16>(p, k0, kc, n0, nv, dst); return;
@@ -172,60 +172,67 @@ struct Traits {
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// y[r] (+)= dot(W row r, x) for R consecutive rows starting at row n.
-template <DType T, int R>
-inline void dot_rows(const void* W, const float* xs, float* y, int64_t n, int64_t K,
-                     bool accumulate) {
-  __m512 a0[R], a1[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+// Software prefetch distance for the weight stream, in bytes ahead of the current load. Rows are
+// read one after another, so each thread's part of W is one linear stream and the distance
+// crosses row ends seamlessly (prefetching past the end of W is harmless: prefetches never fault).
+constexpr int64_t kMatvecPrefetchBytes = 2048;
+
+// dot(W row n, x) with four accumulators (four independent FMA chains), 64 weights per step.
+// For BF16, xs is x permuted per 32-chunk (16 even-index then 16 odd-index elements) and zero
+// padded to a multiple of 32.
+template <DType T>
+inline float dot_row(const void* W, const float* xs, int64_t n, int64_t K) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t k = 0;
   if constexpr (T == DType::BF16) {
-    // xs is x permuted per 32-chunk: 16 even-index then 16 odd-index elements, zero padded.
+    // 32 weights per load, split exactly into the even elements (shift) and the odd ones (AND).
     const uint16_t* w = static_cast<const uint16_t*>(W) + n * K;
-    const __m512i hi_mask = _mm512_set1_epi32(int(0xFFFF0000u));
-    for (; k < K; k += 32) {
+    const char* pf = reinterpret_cast<const char*>(w) + kMatvecPrefetchBytes;
+    const __m512i hi = _mm512_set1_epi32(int(0xFFFF0000u));
+    for (; k + 64 <= K; k += 64) {
+      _mm_prefetch(pf + 2 * k, _MM_HINT_T0);
+      _mm_prefetch(pf + 2 * k + 64, _MM_HINT_T0);
+      const __m512i v0 = _mm512_loadu_si512(w + k), v1 = _mm512_loadu_si512(w + k + 32);
+      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_load_ps(xs + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), _mm512_load_ps(xs + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_load_ps(xs + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), _mm512_load_ps(xs + k + 48), a3);
+    }
+    for (; k < K; k += 32) {  // up to two 32-chunks, the last one masked (xs is zero padded)
       const __mmask32 km = K - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (K - k)) - 1u);
-      const __m512 xe = _mm512_load_ps(xs + k), xo = _mm512_load_ps(xs + k + 16);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512i v = _mm512_maskz_loadu_epi16(km, w + r * K + k);
-        a0[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, a0[r]);
-        a1[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), xo, a1[r]);
-      }
+      const __m512i v = _mm512_maskz_loadu_epi16(km, w + k);
+      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(xs + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), _mm512_load_ps(xs + k + 16), a1);
     }
   } else {
-    for (; k + 32 <= K; k += 32) {
-      const __m512 x0 = _mm512_loadu_ps(xs + k), x1 = _mm512_loadu_ps(xs + k + 16);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        a0[r] = _mm512_fmadd_ps(load_row16<T>(W, (n + r) * K + k, 0xFFFF), x0, a0[r]);
-        a1[r] = _mm512_fmadd_ps(load_row16<T>(W, (n + r) * K + k + 16, 0xFFFF), x1, a1[r]);
-      }
+    constexpr int64_t es = T == DType::F32 ? 4 : 2;
+    const char* pf = static_cast<const char*>(W) + n * K * es + kMatvecPrefetchBytes;
+    const int64_t i0 = n * K;
+    for (; k + 64 <= K; k += 64) {
+#pragma GCC unroll 4
+      for (int64_t b = 0; b < 64 * es; b += 64) _mm_prefetch(pf + es * k + b, _MM_HINT_T0);
+      a0 = _mm512_fmadd_ps(load_row16<T>(W, i0 + k, 0xFFFF), _mm512_loadu_ps(xs + k), a0);
+      a1 = _mm512_fmadd_ps(load_row16<T>(W, i0 + k + 16, 0xFFFF), _mm512_loadu_ps(xs + k + 16), a1);
+      a2 = _mm512_fmadd_ps(load_row16<T>(W, i0 + k + 32, 0xFFFF), _mm512_loadu_ps(xs + k + 32), a2);
+      a3 = _mm512_fmadd_ps(load_row16<T>(W, i0 + k + 48, 0xFFFF), _mm512_loadu_ps(xs + k + 48), a3);
     }
-    for (; k < K; k += 16) {
+    for (; k < K; k += 16) {  // up to four 16-chunks, the last one masked
       const __mmask16 km = mask16(K - k);
-      const __m512 x0 = _mm512_maskz_loadu_ps(km, xs + k);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-        a0[r] = _mm512_fmadd_ps(load_row16<T>(W, (n + r) * K + k, km), x0, a0[r]);
+      a0 = _mm512_fmadd_ps(load_row16<T>(W, i0 + k, km), _mm512_maskz_loadu_ps(km, xs + k), a0);
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    const float s = hsum(_mm512_add_ps(a0[r], a1[r]));
-    y[n + r] = accumulate ? y[n + r] + s : s;
-  }
+  return hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+// Rows split evenly over the team (static schedule): each thread streams one contiguous part of W.
 template <DType T>
 void matvec_t(const void* W, const float* xs, float* y, int64_t N, int64_t K, bool accumulate) {
-  constexpr int R = 4;
-  const int64_t n_blocks = N / R;
   const bool par = N * K >= kParallelMinMacs;
 #pragma omp parallel for schedule(static) if (par)
-  for (int64_t b = 0; b < n_blocks; ++b) dot_rows<T, R>(W, xs, y, b * R, K, accumulate);
-  for (int64_t n = n_blocks * R; n < N; ++n) dot_rows<T, 1>(W, xs, y, n, K, accumulate);
+  for (int64_t n = 0; n < N; ++n) {
+    const float s = dot_row<T>(W, xs, n, K);
+    y[n] = accumulate ? y[n] + s : s;
+  }
 }
 
 }  // namespace

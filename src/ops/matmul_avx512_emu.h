@@ -3,8 +3,8 @@
 // lane by lane. It exists for one reason: tests/test_matmul.cpp compiles the AVX-512 kernel file a
 // second time against it (QWEN_AVX512_EMULATION), so the AVX-512 blocking, packing, transposes,
 // masks and tails are tested against the scalar reference even on a CPU or VM without AVX-512.
-// Not used by the library. Aligned loads/stores abort on a misaligned address, as the hardware faults;
-// masked loads read only the enabled lanes, as the hardware does not fault on the others.
+// Not used by the library. Aligned loads/stores abort on a misaligned address, as the hardware
+// faults; masked loads read only the enabled lanes, as the hardware does not fault on the others.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -16,10 +16,18 @@
 
 namespace qwen::ops::detail::avx512_emulated {
 
-struct __m512 { float f[16]; };
-struct __m512d { double d[8]; };
-struct __m512i { uint32_t u[16]; };
-struct __m256i { uint16_t h[16]; };
+struct __m512 {
+  float f[16];
+};
+struct __m512d {
+  double d[8];
+};
+struct __m512i {
+  uint32_t u[16];
+};
+struct __m256i {
+  uint16_t h[16];
+};
 using __mmask16 = uint16_t;
 using __mmask32 = uint32_t;
 
@@ -90,6 +98,14 @@ inline __m512i _mm512_maskz_loadu_epi16(__mmask32 k, const void* p) {
     if (k >> i & 1) h[i] = s[i];
   return bits<__m512i>(h);
 }
+
+inline __m512i _mm512_loadu_si512(const void* p) {
+  __m512i r;
+  std::memcpy(r.u, p, 64);
+  return r;
+}
+constexpr int _MM_HINT_T0 = 3;  // prefetches only move data between cache levels: no-ops here
+inline void _mm_prefetch(const void*, int) {}
 
 inline __m512 _mm512_add_ps(__m512 a, __m512 b) {
   for (int i = 0; i < 16; ++i) a.f[i] += b.f[i];

@@ -5,11 +5,11 @@
 // AVX-512 code into baseline code).
 //
 // Blocking (BLIS style, see docs/kernels.md):
-//   for n0 in this thread's columns, step NC
-//     for m0 in this thread's rows, step MC
-//       for k0 in 0..K, step KC
-//         pack op(A)[m0:m0+mc, k0:k0+kc] into a row-major block with the compile-time row stride
-//           KC (so the micro-kernel addresses row r at a fixed displacement r*KC*4)  -> L2
+//   for m0 in this thread's rows, step MC
+//     pack op(A)[m0:m0+mc, :] once, as row-major blocks of KC columns with the compile-time row
+//       stride KC (so the micro-kernel addresses row r at a fixed displacement r*KC*4)
+//     for n0 in this thread's columns, step NC   (the C block mc x nc stays in cache)
+//       for k0 in 0..K, step KC                  (the A block mc x kc is read from L2)
 //         for j0 in n0..n0+nc, step NR
 //           pack op(B)[k0:k0+kc, j0:j0+NR] k-major (NR floats per k), converting BF16/F16 to
 //             f32 and zero-padding missing columns                                    -> L1
@@ -36,6 +36,9 @@
 
 namespace qwen::ops::detail {
 namespace {
+#ifdef TUNE_TIMING
+inline uint64_t g_pack_cycles = 0;
+#endif
 
 // Row-major copy of op(A)[m0:m0+mc, k0:k0+kc] into dst with row stride KC.
 template <int64_t KC>
@@ -61,8 +64,8 @@ inline void pack_a_block(const GemmProblem& p, int64_t m0, int64_t mc, int64_t k
 }
 
 template <class Tr, int MR>
-inline void call_kernel(int64_t kc, const float* pa, const float* pb, float* C, int64_t ldc,
-                        int nv, float alpha, float beta, bool first) {
+inline void call_kernel(int64_t kc, const float* pa, const float* pb, float* C, int64_t ldc, int nv,
+                        float alpha, float beta, bool first) {
   Tr::template kernel<MR>(kc, pa, pb, C, ldc, nv, alpha, beta, first);
 }
 
@@ -80,27 +83,39 @@ template <class Tr>
 void gemm_range(const GemmProblem& p, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi) {
   static constexpr auto table =
       make_kernel_table<Tr>(std::make_integer_sequence<int, Tr::MR_MAX>{});
-  float* abuf = scratch(0, size_t(Tr::MC * Tr::KC));
+  const int64_t n_kb = (p.K + Tr::KC - 1) / Tr::KC;
+  float* abuf = scratch(0, size_t(n_kb * Tr::MC * Tr::KC));
   float* bbuf = scratch(1, size_t(Tr::KC * Tr::NR));
-  for (int64_t n0 = n_lo; n0 < n_hi; n0 += Tr::NC) {
-    const int64_t nc = std::min(Tr::NC, n_hi - n0);
-    for (int64_t m0 = m_lo; m0 < m_hi; m0 += Tr::MC) {
-      const int64_t mc = std::min(Tr::MC, m_hi - m0);
-      // Balanced row tiles: ceil(mc / MR_MAX) tiles whose sizes differ by at most one, so no
-      // tile is a thin, latency-bound leftover.
-      const int64_t n_tiles = (mc + Tr::MR_MAX - 1) / Tr::MR_MAX;
-      const int64_t base = mc / n_tiles, extra = mc % n_tiles;
-      for (int64_t k0 = 0; k0 < p.K; k0 += Tr::KC) {
-        const int64_t kc = std::min(Tr::KC, p.K - k0);
+  for (int64_t m0 = m_lo; m0 < m_hi; m0 += Tr::MC) {
+    const int64_t mc = std::min(Tr::MC, m_hi - m0);
+    // Balanced row tiles: ceil(mc / MR_MAX) tiles whose sizes differ by at most one, so no
+    // tile is a thin, latency-bound leftover.
+    const int64_t n_tiles = (mc + Tr::MR_MAX - 1) / Tr::MR_MAX;
+    const int64_t base = mc / n_tiles, extra = mc % n_tiles;
+    // All k blocks of this row block, packed once and reused for every column block.
+    for (int64_t kb = 0; kb < n_kb; ++kb) {
+      const int64_t k0 = kb * Tr::KC;
+      pack_a_block<Tr::KC>(p, m0, mc, k0, std::min(Tr::KC, p.K - k0), abuf + kb * Tr::MC * Tr::KC);
+    }
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += Tr::NC) {
+      const int64_t nc = std::min(Tr::NC, n_hi - n0);
+      for (int64_t kb = 0; kb < n_kb; ++kb) {
+        const int64_t k0 = kb * Tr::KC, kc = std::min(Tr::KC, p.K - k0);
+        const float* ablk = abuf + kb * Tr::MC * Tr::KC;
         const bool first = k0 == 0;
-        pack_a_block<Tr::KC>(p, m0, mc, k0, kc, abuf);
         for (int64_t j0 = n0; j0 < n0 + nc; j0 += Tr::NR) {
           const int nv = int(std::min<int64_t>(Tr::NR, n0 + nc - j0));
+#ifdef TUNE_TIMING
+          const uint64_t tp0 = __rdtsc();
+#endif
           Tr::pack_b(p, k0, kc, j0, nv, bbuf);
+#ifdef TUNE_TIMING
+          g_pack_cycles += __rdtsc() - tp0;
+#endif
           int64_t r0 = 0;
           for (int64_t t = 0; t < n_tiles; ++t) {
             const int64_t mr = base + (t < extra ? 1 : 0);
-            table[mr - 1](kc, abuf + r0 * Tr::KC, bbuf, p.C + (m0 + r0) * p.ldc + j0, p.ldc, nv,
+            table[mr - 1](kc, ablk + r0 * Tr::KC, bbuf, p.C + (m0 + r0) * p.ldc + j0, p.ldc, nv,
                           p.alpha, p.beta, first);
             r0 += mr;
           }

@@ -101,6 +101,7 @@ void parse_pretok(const Node& p, std::vector<PreTokStep>& out, const std::string
     if (!pat.is_object()) bad(where + " (Split) needs a \"pattern\" object");
     if (pat.get("Regex").is_string()) {
       s.regex = std::make_shared<Regex>(std::string(pat.get("Regex").str()));
+      s.known = known_pattern(s.regex->pattern());
     } else if (pat.get("String").is_string()) {
       s.literal = std::string(pat.get("String").str());
     } else {
@@ -446,17 +447,29 @@ std::shared_ptr<const Tokenizer::Impl> load_tokenizer(const std::string& tokeniz
         normalize_append(b, a, nf);
         a.swap(b);
       }
-      im->norm_matcher.add(a, f->second);
+      im->norm_matcher.add(std::move(a), f->second);
     }
   };
   for (const auto& t : special_list) add_to_matchers(t);
   for (const auto& t : classic_list) add_to_matchers(t);
   im->raw_matcher.finish();
   im->norm_matcher.finish();
+  auto normalized = [&](const std::string& text) {
+    std::string a = text, b;
+    for (NormForm nf : im->normalizers) {
+      b.clear();
+      normalize_append(b, a, nf);
+      a.swap(b);
+    }
+    return a;
+  };
   for (const auto& kv : added_map) {
     max_id = std::max<int64_t>(max_id, kv.second);
     if (kv.second >= int64_t(im->id_token.size())) im->id_token.resize(size_t(kv.second) + 1);
-    im->id_token[size_t(kv.second)] = kv.first;
+    // a normalized added token decodes (and prints) as its normalized form, as in `tokenizers`
+    auto owner = added_r.find(kv.second);
+    bool norm = owner != added_r.end() && owner->second.normalized;
+    im->id_token[size_t(kv.second)] = norm ? normalized(kv.first) : kv.first;
     im->token_map.set(kv.first, kv.second);
   }
 
@@ -496,6 +509,11 @@ std::shared_ptr<const Tokenizer::Impl> load_tokenizer(const std::string& tokeniz
   else if (P.size() == 1 && plain_split(P[0])) im->fast_regex = P[0].regex.get();
   else if (P.size() == 1 && P[0].kind == PreTokStep::ByteLevel && !P[0].add_prefix_space && P[0].use_regex)
     im->fast_regex = im->gpt2_regex.get();
+
+  if (im->fast_regex) {
+    im->fast_known = known_pattern(im->fast_regex->pattern());
+    im->splittable = im->fast_known != KnownPattern::None;
+  }
 
   parse_config(config_json, *im);
   return im;

@@ -12,21 +12,35 @@ namespace {
 
 // Unicode White_Space, the meaning of \s in Oniguruma (PCRE2's \s also takes U+180E).
 constexpr const char* kSpaceItems = "\\x{9}-\\x{d}\\x{85}\\p{Z}";
+// Oniguruma's \w: Alphabetic, marks, decimal digits, connector punctuation, and (from its
+// Latin-1 table) the superscripts and vulgar fractions of U+00B2..U+00BE.
+constexpr const char* kWordItems =
+    "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{b2}\\x{b3}\\x{b9}\\x{bc}-\\x{be}";
 
 // Match data, JIT stack and match context, one set per thread (a Regex is shared by threads).
 struct ThreadMatch {
   pcre2_match_data* md = nullptr;
   pcre2_jit_stack* stack = nullptr;
   pcre2_match_context* ctx = nullptr;
+  pcre2_match_context* big = nullptr;  // the interpreter's fallback for huge inputs
   ThreadMatch() {
     md = pcre2_match_data_create(16, nullptr);
     ctx = pcre2_match_context_create(nullptr);
-    stack = pcre2_jit_stack_create(64 * 1024, 64 * 1024 * 1024, nullptr);
+    // address space only; pages are committed as the JIT code uses them
+    stack = pcre2_jit_stack_create(64 * 1024, 512 * 1024 * 1024, nullptr);
     if (ctx && stack) pcre2_jit_stack_assign(ctx, nullptr, stack);
+    if (ctx) pcre2_set_match_limit(ctx, 0xFFFFFFFFu);  // long whitespace runs backtrack a lot
+    big = pcre2_match_context_create(nullptr);
+    if (big) {
+      pcre2_set_match_limit(big, 0xFFFFFFFFu);
+      pcre2_set_depth_limit(big, 0xFFFFFFFFu);
+      pcre2_set_heap_limit(big, 8u * 1024 * 1024);  // KiB: 8 GiB
+    }
   }
   ~ThreadMatch() {
     pcre2_match_data_free(md);
     pcre2_match_context_free(ctx);
+    pcre2_match_context_free(big);
     pcre2_jit_stack_free(stack);
   }
 };
@@ -52,11 +66,19 @@ std::string onig_to_pcre2(const std::string& p) {
     if (c == '\\' && i + 1 < p.size()) {
       char d = p[i + 1];
       ++i;
+      const std::string sp = kSpaceItems, w = kWordItems;
       if (d == 's') {
-        if (in_class) out += kSpaceItems;
-        else out += std::string("[") + kSpaceItems + "]";
+        out += in_class ? sp : "[" + sp + "]";
       } else if (d == 'S' && !in_class) {
-        out += std::string("[^") + kSpaceItems + "]";
+        out += "[^" + sp + "]";
+      } else if (d == 'w') {
+        out += in_class ? w : "[" + w + "]";
+      } else if (d == 'W' && !in_class) {
+        out += "[^" + w + "]";
+      } else if (d == 'b' && !in_class) {
+        out += "(?:(?<=[" + w + "])(?![" + w + "])|(?<![" + w + "])(?=[" + w + "]))";
+      } else if (d == 'B' && !in_class) {
+        out += "(?:(?<=[" + w + "])(?=[" + w + "])|(?<![" + w + "])(?![" + w + "]))";
       } else {
         out += c;
         out += d;
@@ -111,7 +133,7 @@ bool Regex::find(std::string_view text, size_t from, size_t& start, size_t& end)
     rc = pcre2_jit_match(code, subject, text.size(), from, 0, tm.md, tm.ctx);
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // very long runs: the interpreter uses the heap
       rc = pcre2_match(code, subject, text.size(), from, PCRE2_NO_JIT | PCRE2_NO_UTF_CHECK, tm.md,
-                       nullptr);
+                       tm.big);
   } else {
     rc = pcre2_match(code, subject, text.size(), from, PCRE2_NO_UTF_CHECK, tm.md, nullptr);
   }

@@ -1,5 +1,7 @@
 // tokenizer/tokenizer.cpp — the encode pipeline (added tokens, normalizer, pre-tokenizer, BPE,
 // post-processor), decode, the streaming decoder and the ChatML template behind qwen::Tokenizer.
+#include <omp.h>
+
 #include <algorithm>
 #include <exception>
 #include <fstream>
@@ -155,7 +157,9 @@ void split_piece(const PreTokStep& st, const std::string& s, std::vector<std::st
       ms.push_back(M{a, b, true});
       prev = b;
     };
-    if (st.regex) {
+    if (st.known != KnownPattern::None) {
+      split_known(st.known, s, on_match);
+    } else if (st.regex) {
       st.regex->for_each_match(s, on_match);
     } else if (!st.literal.empty()) {
       size_t pos = 0;
@@ -226,6 +230,7 @@ void Tokenizer::Impl::pretokenize_general(std::string_view seg, std::vector<int3
     } else {
       PreTokStep gpt2;
       gpt2.regex = gpt2_regex;
+      gpt2.known = KnownPattern::Gpt2;
       for (std::string& p : cur) {
         if (st.add_prefix_space && (p.empty() || p[0] != ' ')) p.insert(p.begin(), ' ');
         if (st.use_regex) split_piece(gpt2, p, nxt);
@@ -237,11 +242,45 @@ void Tokenizer::Impl::pretokenize_general(std::string_view seg, std::vector<int3
   for (const std::string& p : cur) bpe.encode_piece(p, out, s.bpe);
 }
 
-// One stretch of text after added tokens and normalization: pre-tokenize and BPE.
+namespace {
+bool ascii_letter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+constexpr size_t kParallelMin = size_t(1) << 20;  // texts from this size are cut for threads
+}  // namespace
+
+// One stretch of text after added tokens and normalization: pre-tokenize and BPE. Long
+// stretches are cut where a piece always ends and encoded on several threads.
 void Tokenizer::Impl::encode_segment(std::string_view seg, std::vector<int32_t>& out,
                                      EncodeScratch& s) const {
+  const int nt = (splittable && seg.size() >= kParallelMin && !omp_in_parallel()) ? num_threads() : 1;
+  if (nt <= 1) {
+    encode_pieces(seg, out, s);
+    return;
+  }
+  std::vector<size_t> cuts{0};
+  const size_t step = std::max(kParallelMin / 4, seg.size() / size_t(8 * nt));
+  for (size_t p = step; p + 1 < seg.size(); p += step) {
+    while (p + 1 < seg.size() && !(seg[p] == ' ' && ascii_letter(seg[p - 1]) && ascii_letter(seg[p + 1]))) ++p;
+    if (p + 1 >= seg.size()) break;
+    cuts.push_back(p);
+  }
+  cuts.push_back(seg.size());
+  const int64_t n_parts = int64_t(cuts.size()) - 1;
+  std::vector<std::vector<int32_t>> parts(static_cast<size_t>(n_parts));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t i = 0; i < n_parts; ++i) {
+    std::string_view part = seg.substr(cuts[size_t(i)], cuts[size_t(i) + 1] - cuts[size_t(i)]);
+    parts[size_t(i)].reserve(part.size() / 3 + 8);
+    encode_pieces(part, parts[size_t(i)], scratch_for(*this));
+  }
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+}
+
+void Tokenizer::Impl::encode_pieces(std::string_view seg, std::vector<int32_t>& out,
+                                    EncodeScratch& s) const {
   if (seg.empty()) return;
-  if (fast_regex) {
+  if (fast_known != KnownPattern::None) {
+    split_known(fast_known, seg, [&](size_t a, size_t b) { bpe.encode_piece(seg.substr(a, b - a), out, s.bpe); });
+  } else if (fast_regex) {
     size_t prev = 0;
     fast_regex->for_each_match(seg, [&](size_t a, size_t b) {
       if (a > prev) bpe.encode_piece(seg.substr(prev, a - prev), out, s.bpe);

@@ -11,6 +11,7 @@
 
 #include "qwen/tokenizer.h"
 #include "tokenizer/bpe.h"
+#include "tokenizer/pretok_fast.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
 
@@ -48,6 +49,7 @@ struct PreTokStep {
   enum Kind { Split, ByteLevel } kind = Split;
   // Split
   std::shared_ptr<Regex> regex;  // null: literal pattern
+  KnownPattern known = KnownPattern::None;  // regex is one with a hand-written matcher
   std::string literal;
   SplitBehavior behavior = SplitBehavior::Isolated;
   bool invert = false;
@@ -87,6 +89,11 @@ struct Tokenizer::Impl {
   std::vector<tok::PreTokStep> pretok;
   std::shared_ptr<tok::Regex> gpt2_regex;    // ByteLevel(use_regex)
   const tok::Regex* fast_regex = nullptr;    // pipeline = one Isolated regex split + byte mapping
+  tok::KnownPattern fast_known = tok::KnownPattern::None;  // fast_regex has a hand-written matcher
+  // fast_regex is one of the known patterns (Qwen2, Llama 3, GPT-2) in which a piece always ends
+  // between an ASCII letter and a space followed by a letter: long texts are cut there and the
+  // parts encoded in parallel.
+  bool splittable = false;
   bool fast_no_pretok = false;               // no pre-tokenizer: the segment is one piece
 
   // post-processor
@@ -112,6 +119,7 @@ struct Tokenizer::Impl {
   void encode_into(std::string_view text, bool add_special, std::vector<int32_t>& out,
                    tok::EncodeScratch& s) const;
   void encode_segment(std::string_view seg, std::vector<int32_t>& out, tok::EncodeScratch& s) const;
+  void encode_pieces(std::string_view seg, std::vector<int32_t>& out, tok::EncodeScratch& s) const;
   void pretokenize_general(std::string_view seg, std::vector<int32_t>& out,
                            tok::EncodeScratch& s) const;
 };

@@ -7,7 +7,8 @@ secs=${1:-120}
 command -v clang++ >/dev/null || { echo "fuzz: needs clang (apt-get install clang libclang-rt-14-dev)"; exit 1; }
 cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQWEN_FUZZ=ON -DQWEN_BUILD_TESTS=OFF -DQWEN_BUILD_BENCH=OFF >/dev/null
-cmake --build build-fuzz -j "$(nproc)"
+targets=$(for f in tests/fuzz/fuzz_*.cpp; do basename "$f" .cpp; done)
+cmake --build build-fuzz -j "$(nproc)" --target $targets
 status=0
 for bin in build-fuzz/fuzz/fuzz_*; do
   name=$(basename "$bin")

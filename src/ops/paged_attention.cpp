@@ -1,0 +1,255 @@
+// ops/paged_attention.cpp — the paged attention driver (work split, Q staging, tiles of whole
+// blocks read through the block table, online-softmax bookkeeping), its portable inner kernels,
+// the K/V store through the table, and the naive reference. See paged_attention.h.
+//
+// Work item = (kv head g, tile of Bq query tokens). Its query block holds the Bq tokens × the
+// G = H/KV query heads that read kv head g (row r = token r / G, head g·G + r % G), so every
+// K/V block is loaded once for the whole group. Per thread the memory is the block's Q (M, D),
+// its accumulator (M, D) and one score tile (M, tile): independent of the sequence length.
+#include "ops/paged_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/cpu.h"
+#include "qwen/error.h"
+
+namespace qwen::ops {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int64_t kRowsTarget = 64;          // query rows (tokens × grouped heads) per item
+constexpr int64_t kParallelWork = 1 << 16;   // multiply-adds below which one thread does it all
+
+void check(const PagedKv& kv, const AttnShape& s, const char* fn) {
+  const std::string where = std::string("ops::") + fn + ": ";
+  if (s.T < 0 || s.pos0 < 0 || s.H <= 0 || s.KV <= 0 || s.D <= 0 || s.H % s.KV != 0)
+    throw Error(where + "bad shape T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
+                " H=" + std::to_string(s.H) + " KV=" + std::to_string(s.KV) + " D=" +
+                std::to_string(s.D) + "; need T, pos0 >= 0, H, KV, D > 0 and H % KV == 0");
+  if (kv.block_size <= 0 || !kv.k || !kv.v || (!kv.table && kv.n_table > 0))
+    throw Error(where + "block_size must be > 0 and the pools and table must be set");
+  if (s.pos0 + s.T > kv.n_table * kv.block_size)
+    throw Error(where + "positions up to " + std::to_string(s.pos0 + s.T) + " need " +
+                std::to_string((s.pos0 + s.T + kv.block_size - 1) / kv.block_size) +
+                " blocks but the table holds " + std::to_string(kv.n_table) +
+                "; allocate blocks before attending");
+}
+
+// Blocks per tile and the tile's width in keys.
+int64_t blocks_per_tile(int64_t bs) { return std::max<int64_t>(1, detail::kPagedTileKeys / bs); }
+
+// ---- portable inner kernels ----------------------------------------------------------------
+
+void scores_portable(const float* Qs, int64_t M, int64_t D, const float* Kt, int64_t bs,
+                     int64_t nk, float* S, int64_t lds) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    for (int64_t j = 0; j < nk; ++j) s[j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = Qs[r * D + d];
+      const float* kr = Kt + d * bs;
+      for (int64_t j = 0; j < nk; ++j) s[j] += qd * kr[j];
+    }
+  }
+}
+
+void softmax_portable(float* S, int64_t lds, int64_t M, const int32_t* n_valid, float* m,
+                      float* l, float* acc, int64_t D) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * lds;
+    const int64_t nv = n_valid[r];
+    if (nv <= 0) {
+      std::fill(s, s + lds, 0.0f);
+      continue;
+    }
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, s[j]);
+    const float m_new = std::max(m[r], mx);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < nv; ++j) {
+      s[j] = std::exp2(s[j] - m_new);
+      sum += s[j];
+    }
+    for (int64_t j = nv; j < lds; ++j) s[j] = 0.0f;
+    const float alpha = std::exp2(m[r] - m_new);
+    l[r] = l[r] * alpha + sum;
+    m[r] = m_new;
+    if (alpha != 1.0f)
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+  }
+}
+
+void pv_portable(const float* P, int64_t lds, int64_t M, int64_t nk, const float* Vb, int64_t D,
+                 float* acc) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* a = acc + r * D;
+    for (int64_t j = 0; j < nk; ++j) {
+      const float p = P[r * lds + j];
+      const float* vr = Vb + j * D;
+      for (int64_t d = 0; d < D; ++d) a[d] += p * vr[d];
+    }
+  }
+}
+
+}  // namespace
+
+namespace detail {
+
+const PagedKernels& paged_kernels_portable() {
+  static const PagedKernels k{scores_portable, softmax_portable, pv_portable};
+  return k;
+}
+
+void paged_attention_with(const PagedKernels& kern, const float* q, const PagedKv& kv, float* out,
+                          const AttnShape& s) {
+  check(kv, s, "paged_attention");
+  if (s.T == 0) return;
+  const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, pos0 = s.pos0, bs = kv.block_size;
+  const int64_t G = H / KV;
+  const int64_t Bq = std::max<int64_t>(1, kRowsTarget / G);
+  const int64_t Mmax = std::min(Bq, T) * G;
+  const int64_t n_qt = (T + Bq - 1) / Bq;
+  const int64_t nb = blocks_per_tile(bs);        // blocks per tile
+  const int64_t tile = nb * bs;                  // keys per tile
+  const int64_t lds = (tile + 15) / 16 * 16;     // score row stride (whole 16-float vectors)
+  const int64_t block_floats = KV * D * bs;
+  const float qscale = s.scale * kLog2e;
+  const int64_t n_items = KV * n_qt;
+  const int64_t work = T * H * D * (pos0 + T);
+  const bool parallel = n_items > 1 && work >= kParallelWork && omp_get_max_threads() > 1;
+
+#pragma omp parallel if (parallel)
+  {
+    const auto sz = [](int64_t n) { return static_cast<size_t>(n); };
+    // Per-thread scratch, kept between calls (a decode step makes one call per sequence and
+    // layer): grows to the largest call, never shrinks.
+    static thread_local std::vector<float> Qs, S, acc, m, l;
+    static thread_local std::vector<int32_t> n_valid;
+    auto grow = [&](auto& v, int64_t n) {
+      if (v.size() < sz(n)) v.resize(sz(n));
+    };
+    grow(Qs, Mmax * D);
+    grow(S, Mmax * lds);
+    grow(acc, Mmax * D);
+    grow(m, Mmax);
+    grow(l, Mmax);
+    grow(n_valid, Mmax);
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n_items; ++it) {
+      const int64_t qt = n_qt - 1 - it / KV;  // latest query tiles (most keys) first
+      const int64_t g = it % KV;
+      const int64_t t0 = qt * Bq, t1 = std::min(T, t0 + Bq);
+      const int64_t M = (t1 - t0) * G;
+      const int64_t p_lo = pos0 + t0, p_hi = pos0 + t1 - 1;
+      std::fill(acc.begin(), acc.begin() + M * D, 0.0f);
+      std::fill(m.begin(), m.begin() + M, -std::numeric_limits<float>::infinity());
+      std::fill(l.begin(), l.begin() + M, 0.0f);
+      for (int64_t r = 0; r < M; ++r) {
+        const float* src = q + ((t0 + r / G) * H + g * G + r % G) * D;
+        float* dst = Qs.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
+      }
+      const int64_t n_tiles = p_hi / tile + 1;
+      for (int64_t ti = 0; ti < n_tiles; ++ti) {
+        const int64_t k0 = ti * tile;
+        const int64_t nk = std::min(tile, p_hi + 1 - k0);  // keys past p_hi are masked for all
+        for (int64_t bi = 0; bi * bs < nk; ++bi) {
+          const int64_t blk = kv.table[k0 / bs + bi];
+          const float* Kt = kv.k + blk * block_floats + g * D * bs;
+          kern.scores(Qs.data(), M, D, Kt, bs, std::min(bs, nk - bi * bs), S.data() + bi * bs,
+                      lds);
+        }
+        for (int64_t r = 0; r < M; ++r)
+          n_valid[sz(r)] = int32_t(std::clamp<int64_t>(p_lo + r / G - k0 + 1, 0, nk));
+        kern.softmax(S.data(), lds, M, n_valid.data(), m.data(), l.data(), acc.data(), D);
+        for (int64_t bi = 0; bi * bs < nk; ++bi) {
+          const int64_t blk = kv.table[k0 / bs + bi];
+          const float* Vb = kv.v + blk * block_floats + g * bs * D;
+          kern.pv(S.data() + bi * bs, lds, M, std::min(bs, nk - bi * bs), Vb, D, acc.data());
+        }
+      }
+      for (int64_t r = 0; r < M; ++r) {
+        const int64_t t = t0 + r / G, h = g * G + r % G;
+        const float inv = 1.0f / l[sz(r)];
+        float* o = out + (t * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = acc[sz(r * D + d)] * inv;
+      }
+    }
+  }
+}
+
+}  // namespace detail
+
+void paged_kv_store(const PagedKv& kv, const float* k, const float* v, const AttnShape& s) {
+  check(kv, s, "paged_kv_store");
+  const int64_t KV = s.KV, D = s.D, bs = kv.block_size, block_floats = KV * D * bs;
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t pos = s.pos0 + t;
+    const int64_t blk = kv.table[pos / bs], off = pos % bs;
+    const float* kr = k + t * KV * D;
+    const float* vr = v + t * KV * D;
+    for (int64_t g = 0; g < KV; ++g) {
+      float* kt = kv.k + blk * block_floats + g * D * bs + off;  // column off of Kᵀ (D, bs)
+      for (int64_t d = 0; d < D; ++d) kt[d * bs] = kr[g * D + d];
+      float* vd = kv.v + blk * block_floats + (g * bs + off) * D;
+      std::copy(vr + g * D, vr + (g + 1) * D, vd);
+    }
+  }
+}
+
+void paged_attention(const float* q, const PagedKv& kv, float* out, const AttnShape& s) {
+  const detail::PagedKernels& kern =
+      cpu_features().avx512 ? detail::paged_kernels_avx512() : detail::paged_kernels_portable();
+  detail::paged_attention_with(kern, q, kv, out, s);
+}
+
+void paged_attention_portable(const float* q, const PagedKv& kv, float* out, const AttnShape& s) {
+  detail::paged_attention_with(detail::paged_kernels_portable(), q, kv, out, s);
+}
+
+void paged_attention_ref(const float* q, const PagedKv& kv, float* out, const AttnShape& s) {
+  check(kv, s, "paged_attention_ref");
+  const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, S = s.pos0 + s.T, G = H / KV;
+  const int64_t bs = kv.block_size, block_floats = KV * D * bs;
+  if (T == 0) return;
+  // Gather every key and value of the sequence into (S, KV, D), then plain softmax attention.
+  std::vector<double> kk(size_t(S * KV * D)), vv(size_t(S * KV * D));
+  for (int64_t p = 0; p < S; ++p) {
+    const int64_t blk = kv.table[p / bs], off = p % bs;
+    for (int64_t g = 0; g < KV; ++g)
+      for (int64_t d = 0; d < D; ++d) {
+        kk[size_t((p * KV + g) * D + d)] = kv.k[blk * block_floats + (g * D + d) * bs + off];
+        vv[size_t((p * KV + g) * D + d)] = kv.v[blk * block_floats + (g * bs + off) * D + d];
+      }
+  }
+  std::vector<double> sc(static_cast<size_t>(S));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / G, n = s.pos0 + t + 1;
+      const float* qr = q + (t * H + h) * D;
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t d = 0; d < D; ++d) acc += double(qr[d]) * kk[size_t((j * KV + g) * D + d)];
+        sc[size_t(j)] = acc * s.scale;
+        mx = std::max(mx, sc[size_t(j)]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < n; ++j) sum += (sc[size_t(j)] = std::exp(sc[size_t(j)] - mx));
+      float* o = out + (t * H + h) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += sc[size_t(j)] * vv[size_t((j * KV + g) * D + d)];
+        o[d] = float(acc / sum);
+      }
+    }
+}
+
+}  // namespace qwen::ops

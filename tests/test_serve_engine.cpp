@@ -1,0 +1,350 @@
+// tests/test_serve_engine.cpp — the serving engine on real (small, random-weight) models:
+// the paged KV cache gives the decoder the same logits as the contiguous cache; batch invariance
+// (8 concurrent requests, greedy and seeded sampling, produce exactly the tokens each produces
+// alone, also with chunked prefill, tiny blocks, preemption and BF16 weights); prefix caching;
+// cancellation frees blocks at once; stop ids and stop strings end the text at the right place;
+// streamed text equals the tokenizer's decode; queue limit and request validation.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "model/decoder.h"
+#include "model/model.h"
+#include "qwen/tokenizer.h"
+#include "serve/engine.h"
+#include "serve/paged_cache.h"
+#include "test_util.h"
+
+namespace {
+
+using namespace qwen;
+using namespace qwen::serve;
+using Tokens = std::vector<int32_t>;
+
+ModelConfig small_config(int64_t vocab, int64_t heads, int64_t kv_heads, int64_t max_pos = 512) {
+  ModelConfig c;
+  c.architecture = "Qwen2ForCausalLM";
+  c.model_type = "qwen2";
+  c.qkv_bias = true;
+  c.vocab_size = vocab;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = 64 / heads;
+  c.max_position_embeddings = max_pos;
+  c.rope_theta = 10000.0;
+  c.initializer_range = 0.5;  // large weights: peaked, varied logits
+  return c;
+}
+
+std::vector<Tokens> random_prompts(int n, int64_t vocab, uint32_t seed, int min_len, int max_len) {
+  std::mt19937 rng(seed);
+  std::vector<Tokens> out;
+  for (int i = 0; i < n; ++i) {
+    Tokens p(size_t(min_len + int(rng() % uint32_t(max_len - min_len + 1))));
+    for (auto& t : p) t = int32_t(rng() % uint32_t(vocab));
+    out.push_back(p);
+  }
+  return out;
+}
+
+GenerationRequest greedy(const Tokens& prompt, int64_t max_tokens) {
+  GenerationRequest r;
+  r.prompt = prompt;
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0.0f;
+  r.want_text = false;
+  r.want_logprobs = true;
+  return r;
+}
+
+// Each request alone on a fresh engine.
+std::vector<RequestOutput> run_alone(const Model& m, const EngineConfig& ec,
+                                     const std::vector<GenerationRequest>& reqs) {
+  std::vector<RequestOutput> out;
+  for (const auto& r : reqs) {
+    Engine e(m, nullptr, ec);
+    auto h = e.submit(r);
+    e.run_until_idle();
+    out.push_back(h->wait());
+  }
+  return out;
+}
+
+// All requests together on one engine.
+std::vector<RequestOutput> run_crowd(Engine& e, const std::vector<GenerationRequest>& reqs) {
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (const auto& r : reqs) hs.push_back(e.submit(r));
+  e.run_until_idle();
+  std::vector<RequestOutput> out;
+  for (auto& h : hs) out.push_back(h->wait());
+  return out;
+}
+
+// ---- paged cache through the decoder ------------------------------------------------------
+
+// The decoder over the paged cache (shuffled blocks, odd block size) gives the logits of the
+// decoder over the contiguous cache, for prefill in pieces and decode of 3 sequences at once.
+TEST(ServeEngine, PagedCacheMatchesContiguousCache) {
+  for (const char* name : {"qwen2_gqa", "qwen3_headdim", "llama_gqa8"}) {
+    SCOPED_TRACE(name);
+    auto m = Model::load(qwen_test::data_path(std::string("models/") + name));
+    const ModelConfig& c = m->config();
+    const int64_t V = c.vocab_size, bs = 5, n_seq = 3, max_len = 60;
+    KvCache contig(c, n_seq, max_len);
+    const int32_t n_blocks = int32_t(n_seq * ((max_len + bs - 1) / bs));
+    PagedKvCache paged(c, n_blocks, int32_t(bs), n_seq);
+    std::vector<int32_t> ids(static_cast<size_t>(n_blocks));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::mt19937 rng(3);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const int64_t per = max_len / bs;
+    for (int64_t s = 0; s < n_seq; ++s) paged.bind(s, ids.data() + s * per, per, 0);
+    Decoder d1(*m, 64), d2(*m, 64);
+    std::vector<Tokens> seqs = random_prompts(int(n_seq), V, 11, 50, 55);
+    std::vector<float> l1(size_t(n_seq * V)), l2(l1.size());
+    std::vector<int64_t> done(size_t(n_seq), 0);
+    // Pieces of 1 .. 13 tokens per sequence per call until each has 50 tokens.
+    for (int round = 0; round < 40; ++round) {
+      std::vector<SeqChunk> ch;
+      for (int64_t s = 0; s < n_seq; ++s) {
+        const int64_t n = std::min<int64_t>(1 + int64_t(rng() % 13), 50 - done[size_t(s)]);
+        if (n <= 0) continue;
+        ch.push_back(SeqChunk{s, n, seqs[size_t(s)].data() + done[size_t(s)]});
+        done[size_t(s)] += n;
+      }
+      if (ch.empty()) break;
+      d1.forward(contig, ch.data(), ch.size(), LogitsMode::kLast, l1.data());
+      d2.forward(paged, ch.data(), ch.size(), LogitsMode::kLast, l2.data());
+      for (size_t i = 0; i < ch.size() * size_t(V); ++i)
+        ASSERT_NEAR(l1[i], l2[i], 1e-4f * (1.0f + std::fabs(l1[i]))) << "round " << round;
+      for (int64_t s = 0; s < n_seq; ++s) ASSERT_EQ(contig.len(s), paged.len(s));
+    }
+  }
+}
+
+// ---- batch invariance -----------------------------------------------------------------------
+
+struct InvarianceCase {
+  const char* what;
+  int32_t block_size;
+  int64_t step_tokens;
+  int32_t n_blocks;  // 0: plenty
+  bool sample;
+  DType dtype;
+};
+
+TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
+  const std::vector<InvarianceCase> cases = {
+      {"greedy, blocks of 16", 16, 512, 0, false, DType::F32},
+      {"greedy, chunked prefill mixed with decode, blocks of 3", 3, 24, 0, false, DType::F32},
+      {"greedy, tight pool: preemption and recomputation", 4, 64, 40, false, DType::F32},
+      {"seeded sampling", 16, 40, 0, true, DType::F32},
+      {"greedy, BF16 weights", 8, 512, 0, false, DType::BF16},
+  };
+  for (const auto& tc : cases) {
+    SCOPED_TRACE(tc.what);
+    auto m = Model::random(small_config(384, 4, 2), 42, tc.dtype);
+    std::vector<Tokens> prompts = random_prompts(8, 384, 7, 3, 45);
+    std::vector<GenerationRequest> reqs;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      GenerationRequest r = greedy(prompts[i], 20 + int64_t(i) * 3);
+      if (tc.sample) {
+        r.sampling.temperature = 0.9f;
+        r.sampling.top_p = 0.95f;
+        r.sampling.top_k = 50;
+        r.sampling.presence_penalty = 0.3f;
+        r.sampling.frequency_penalty = 0.2f;
+        r.sampling.seed = 1000 + i;
+      }
+      reqs.push_back(r);
+    }
+    EngineConfig ec;
+    ec.block_size = tc.block_size;
+    ec.max_step_tokens = tc.step_tokens;
+    ec.max_running = 8;
+    if (tc.n_blocks) ec.n_blocks = tc.n_blocks;
+    const std::vector<RequestOutput> alone = run_alone(*m, ec, reqs);
+    Engine crowd(*m, nullptr, ec);
+    const std::vector<RequestOutput> together = run_crowd(crowd, reqs);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      ASSERT_EQ(int64_t(alone[i].tokens.size()), reqs[i].max_tokens);
+      EXPECT_EQ(alone[i].tokens, together[i].tokens) << "request " << i;
+      // The log-probabilities too, to the bit: any rounding difference in the batched forward
+      // would show here even when it does not change a token.
+      ASSERT_EQ(alone[i].logprobs.size(), alone[i].tokens.size());
+      EXPECT_EQ(alone[i].logprobs, together[i].logprobs) << "request " << i;
+    }
+    if (tc.n_blocks) {
+      EXPECT_GT(crowd.n_preemptions(), 0) << "the tight pool must force preemption";
+    }
+    EXPECT_EQ(crowd.kv_blocks_used(), 0);
+    // The outputs are not trivial: requests differ from each other.
+    EXPECT_NE(together[0].tokens, together[1].tokens);
+  }
+}
+
+TEST(ServeEngine, PrefixCacheReusesBlocksAndKeepsOutput) {
+  auto m = Model::random(small_config(384, 4, 2), 5);
+  EngineConfig ec;
+  ec.block_size = 4;
+  Engine e(*m, nullptr, ec);
+  Tokens prompt = random_prompts(1, 384, 9, 37, 37)[0];
+  auto h1 = e.submit(greedy(prompt, 10));
+  e.run_until_idle();
+  const RequestOutput o1 = h1->wait();
+  EXPECT_EQ(o1.cached_tokens, 0);
+  auto h2 = e.submit(greedy(prompt, 10));
+  e.run_until_idle();
+  const RequestOutput o2 = h2->wait();
+  EXPECT_EQ(o2.cached_tokens, 36);  // 9 full blocks; the last prompt token is recomputed
+  EXPECT_EQ(o1.tokens, o2.tokens);
+  EXPECT_EQ(o2.prompt_tokens, 37);
+  EXPECT_EQ(o2.completion_tokens, 10);
+}
+
+// ---- cancellation ---------------------------------------------------------------------------
+
+TEST(ServeEngine, CancelFreesBlocksAtOnce) {
+  auto m = Model::random(small_config(384, 4, 2, 2048), 5);
+  EngineConfig ec;
+  ec.block_size = 4;
+  Engine e(*m, nullptr, ec);
+  e.start();
+  auto h = e.submit(greedy(random_prompts(1, 384, 1, 30, 30)[0], 1500));
+  RequestOutput out;
+  while (out.tokens.size() < 3) h->next(&out, std::chrono::milliseconds(1000));
+  EXPECT_GT(e.kv_blocks_used(), 0);
+  h->cancel();
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!out.finished) h->next(&out, std::chrono::milliseconds(1000));
+  EXPECT_EQ(out.reason, FinishReason::kCancelled);
+  EXPECT_LT(out.tokens.size(), 1500u);
+  while (e.kv_blocks_used() != 0 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(e.kv_blocks_used(), 0);
+  EXPECT_EQ(e.n_active(), 0);
+  // After stop() nothing is accepted.
+  e.stop(false);
+  EXPECT_THROW(e.submit(greedy({1, 2}, 2)), Error);
+}
+
+TEST(ServeEngine, QueueLimitAndValidation) {
+  auto m = Model::random(small_config(384, 4, 2, 128), 5);
+  EngineConfig ec;
+  ec.max_running = 1;
+  ec.max_queue = 2;
+  Engine e(*m, nullptr, ec);  // not started: nothing leaves the queue
+  for (int i = 0; i < 3; ++i) e.submit(greedy({1, 2, 3}, 2));  // 1 free slot + 2 queued
+  EXPECT_THROW(e.submit(greedy({1, 2, 3}, 2)), QueueFull);
+  EXPECT_THROW(e.submit(greedy({}, 2)), Error);
+  EXPECT_THROW(e.submit(greedy({1, 384}, 2)), Error);     // id out of the vocabulary
+  EXPECT_THROW(e.submit(greedy({1, 2}, 0)), Error);
+  EXPECT_THROW(e.submit(greedy(Tokens(100, 1), 29)), Error);  // 129 tokens > context 128
+  GenerationRequest text = greedy({1, 2}, 2);
+  text.want_text = true;
+  EXPECT_THROW(e.submit(text), Error);  // no tokenizer
+  e.run_until_idle();
+  EXPECT_EQ(e.n_active(), 0);
+}
+
+// ---- text: stop ids, stop strings, streaming ------------------------------------------------
+
+class ServeEngineText : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tok_ = new Tokenizer(Tokenizer::from_dir(qwen_test::data_path("tokenizer/qwen3")));
+    ModelConfig c = small_config(tok_->vocab_size(), 4, 2, 256);
+    c.hidden_size = 32;
+    c.head_dim = 8;
+    c.num_hidden_layers = 1;
+    c.initializer_range = 0.3;
+    c.tie_word_embeddings = true;
+    model_ = Model::random(c, 77).release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete tok_;
+  }
+  GenerationRequest req(const std::string& text, int64_t max_tokens) {
+    GenerationRequest r;
+    r.prompt = tok_->encode(text, true);
+    r.max_tokens = max_tokens;
+    r.sampling.temperature = 0.0f;
+    return r;
+  }
+  RequestOutput run(const GenerationRequest& r) {
+    Engine e(*model_, tok_, EngineConfig{});
+    auto h = e.submit(r);
+    e.run_until_idle();
+    return h->wait();
+  }
+  static Tokenizer* tok_;
+  static Model* model_;
+};
+Tokenizer* ServeEngineText::tok_ = nullptr;
+Model* ServeEngineText::model_ = nullptr;
+
+TEST_F(ServeEngineText, StreamedTextEqualsDecode) {
+  Engine e(*model_, tok_, EngineConfig{});
+  e.start();
+  auto h = e.submit(req("Hello, my name is", 40));
+  RequestOutput out;
+  std::string joined;
+  size_t n_pieces = 0;
+  for (;;) {
+    RequestOutput piece;
+    if (!h->next(&piece, std::chrono::milliseconds(2000))) continue;
+    joined += piece.text;
+    out.tokens.insert(out.tokens.end(), piece.tokens.begin(), piece.tokens.end());
+    ++n_pieces;
+    if (piece.finished) {
+      out.reason = piece.reason;
+      break;
+    }
+  }
+  EXPECT_EQ(out.reason, FinishReason::kLength);
+  ASSERT_EQ(out.tokens.size(), 40u);
+  EXPECT_EQ(joined, tok_->decode(out.tokens, true));
+  EXPECT_GT(n_pieces, 1u);
+}
+
+TEST_F(ServeEngineText, StopIdsAndStopStrings) {
+  const RequestOutput full = run(req("The quick brown fox", 40));
+  ASSERT_EQ(full.tokens.size(), 40u);
+  const std::string text = tok_->decode(full.tokens, true);
+  ASSERT_EQ(full.text, text);
+  // Stop id: the 6th generated token (first occurrence) ends it; its text is left out.
+  {
+    GenerationRequest r = req("The quick brown fox", 40);
+    const int32_t stop = full.tokens[5];
+    r.stop_ids = {stop};
+    const RequestOutput o = run(r);
+    const size_t first = size_t(std::find(full.tokens.begin(), full.tokens.end(), stop) - full.tokens.begin());
+    EXPECT_EQ(o.reason, FinishReason::kStop);
+    EXPECT_EQ(o.tokens, Tokens(full.tokens.begin(), full.tokens.begin() + long(first) + 1));
+    EXPECT_EQ(o.text, tok_->decode(Tokens(full.tokens.begin(), full.tokens.begin() + long(first)), true));
+  }
+  // Stop string: a piece of the text from its middle; output ends right before its first match.
+  {
+    ASSERT_GT(text.size(), 20u);
+    const std::string stop = text.substr(text.size() / 2, 5);
+    GenerationRequest r = req("The quick brown fox", 40);
+    r.stop = {"this string never appears 12345", stop};
+    const RequestOutput o = run(r);
+    EXPECT_EQ(o.reason, FinishReason::kStop);
+    EXPECT_EQ(o.text, text.substr(0, text.find(stop)));
+    EXPECT_LT(o.tokens.size(), full.tokens.size());
+  }
+}
+
+}  // namespace

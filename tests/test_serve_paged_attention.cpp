@@ -1,0 +1,202 @@
+// tests/test_serve_paged_attention.cpp — the paged attention kernel (ops/paged_attention.h)
+// against its naive reference and against the contiguous attention reference of
+// ops/attention.h fed the same keys: odd block sizes (1, 3, 5, 16, 17, 100), GQA ratios 1/2/4/6,
+// odd head dims, prefill from 0, chunks at an offset, decode; block tables in shuffled order;
+// both kernel tables (AVX-512 when present, portable). Pool slots that the sequence does not own
+// hold NaN, so any read outside the table shows. Also: row invariance (a query gives the same bits
+// whether it comes alone or inside a chunk, on 1 or 2 threads) and the errors.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "core/cpu.h"
+#include "ops/attention.h"
+#include "ops/paged_attention.h"
+#include "qwen/error.h"
+
+namespace {
+
+using qwen::ops::AttnShape;
+using qwen::ops::PagedKv;
+inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
+struct Case {
+  int64_t H, KV, D, bs, pos0, T;
+};
+
+struct Paged {
+  std::vector<float> kpool, vpool;
+  std::vector<int32_t> table;
+  std::vector<float> k, v;  // contiguous (S, KV·D) copies of what was stored
+};
+
+// A pool with 2× the blocks the sequence needs (+3), the sequence's blocks chosen at random and
+// in shuffled order; every position 0 .. pos0+T-1 stored with paged_kv_store in 1..3 pieces.
+Paged make_paged(const Case& c, uint32_t seed, PagedKv* kv) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  const int64_t S = c.pos0 + c.T, kvd = c.KV * c.D;
+  const int64_t n_seq_blocks = (S + c.bs - 1) / c.bs;
+  const int64_t n_blocks = 2 * n_seq_blocks + 3;
+  Paged p;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  p.kpool.assign(sz(n_blocks * kvd * c.bs), nan);
+  p.vpool.assign(sz(n_blocks * kvd * c.bs), nan);
+  std::vector<int32_t> ids(sz(n_blocks));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  p.table.assign(ids.begin(), ids.begin() + n_seq_blocks);
+  p.k.resize(sz(S * kvd));
+  p.v.resize(sz(S * kvd));
+  for (auto& x : p.k) x = nd(rng);
+  for (auto& x : p.v) x = nd(rng);
+  kv->k = p.kpool.data();
+  kv->v = p.vpool.data();
+  kv->table = p.table.data();
+  kv->n_table = int64_t(p.table.size());
+  kv->block_size = c.bs;
+  // Store in pieces, as prefill chunks would.
+  int64_t pos = 0;
+  while (pos < S) {
+    const int64_t n = std::min<int64_t>(S - pos, 1 + int64_t(rng() % 37));
+    AttnShape s{n, pos, c.H, c.KV, c.D, 1.0f};
+    qwen::ops::paged_kv_store(*kv, p.k.data() + pos * kvd, p.v.data() + pos * kvd, s);
+    pos += n;
+  }
+  return p;
+}
+
+std::vector<float> random_q(const Case& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> q(sz(c.T * c.H * c.D));
+  for (auto& x : q) x = nd(rng);
+  return q;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return std::numeric_limits<float>::infinity();
+    m = std::max(m, std::fabs(a[i] - b[i]));
+  }
+  return m;
+}
+
+const std::vector<Case>& cases() {
+  static const std::vector<Case> c = {
+      {4, 2, 8, 16, 0, 1},     {4, 2, 8, 16, 0, 37},    {8, 4, 64, 16, 0, 100},
+      {8, 4, 64, 16, 100, 1},  {8, 4, 64, 16, 250, 7},  {6, 1, 24, 3, 10, 11},
+      {6, 6, 12, 5, 0, 33},    {12, 4, 64, 17, 60, 65}, {4, 4, 33, 1, 9, 4},
+      {8, 2, 40, 100, 150, 60}, {12, 2, 128, 32, 0, 70}, {2, 1, 7, 4, 1, 1},
+  };
+  return c;
+}
+
+TEST(PagedAttention, MatchesReferencesOnOddShapes) {
+  uint32_t seed = 1;
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(testing::Message() << "H" << c.H << " KV" << c.KV << " D" << c.D << " bs" << c.bs
+                                    << " pos0 " << c.pos0 << " T" << c.T);
+    PagedKv kv;
+    Paged p = make_paged(c, seed++, &kv);
+    const std::vector<float> q = random_q(c, seed++);
+    AttnShape s{c.T, c.pos0, c.H, c.KV, c.D, 1.0f / std::sqrt(float(c.D))};
+    const size_t n_out = sz(c.T * c.H * c.D);
+    std::vector<float> ref(n_out), contig(n_out), fast(n_out), portable(n_out);
+    qwen::ops::paged_attention_ref(q.data(), kv, ref.data(), s);
+    // The contiguous reference on the keys as they were written: checks the layout end to end.
+    qwen::ops::attention_ref(q.data(), p.k.data(), p.v.data(), c.KV * c.D, contig.data(), s);
+    EXPECT_LT(max_abs_diff(ref, contig), 2e-5f);
+    qwen::ops::paged_attention(q.data(), kv, fast.data(), s);
+    EXPECT_LT(max_abs_diff(ref, fast), 2e-5f);
+    qwen::ops::paged_attention_portable(q.data(), kv, portable.data(), s);
+    EXPECT_LT(max_abs_diff(ref, portable), 2e-5f);
+  }
+}
+
+// A query row's result is the same bits alone (T = 1 at its position) or inside any chunk, with
+// any thread count: what makes the server's output independent of the batch it runs in.
+TEST(PagedAttention, RowInvariantAcrossChunksAndThreads) {
+  const int saved = omp_get_max_threads();
+  for (const Case& c : {Case{8, 4, 64, 16, 40, 50}, Case{6, 2, 20, 5, 3, 30}, Case{4, 1, 64, 16, 0, 70}}) {
+    PagedKv kv;
+    Paged p = make_paged(c, 77, &kv);
+    const std::vector<float> q = random_q(c, 78);
+    const float scale = 1.0f / std::sqrt(float(c.D));
+    const int64_t row = c.H * c.D;
+    for (bool portable : {false, true}) {
+      auto run = [&](const float* qq, float* out, int64_t pos0, int64_t T) {
+        AttnShape s{T, pos0, c.H, c.KV, c.D, scale};
+        if (portable) qwen::ops::paged_attention_portable(qq, kv, out, s);
+        else qwen::ops::paged_attention(qq, kv, out, s);
+      };
+      omp_set_num_threads(2);
+      std::vector<float> whole(sz(c.T * row));
+      run(q.data(), whole.data(), c.pos0, c.T);
+      omp_set_num_threads(1);
+      std::vector<float> one(sz(row));
+      for (int64_t t = 0; t < c.T; ++t) {
+        run(q.data() + t * row, one.data(), c.pos0 + t, 1);
+        ASSERT_EQ(0, std::memcmp(one.data(), whole.data() + t * row, sz(row) * 4))
+            << "row " << t << " differs alone vs in a chunk (portable=" << portable << ")";
+      }
+      // A chunk starting in the middle.
+      const int64_t t0 = c.T / 3, n = c.T - t0;
+      std::vector<float> part(sz(n * row));
+      omp_set_num_threads(2);
+      run(q.data() + t0 * row, part.data(), c.pos0 + t0, n);
+      ASSERT_EQ(0, std::memcmp(part.data(), whole.data() + t0 * row, sz(n * row) * 4));
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
+TEST(PagedAttention, StoreWritesTheRightSlots) {
+  const Case c{4, 2, 6, 3, 0, 10};
+  PagedKv kv;
+  Paged p = make_paged(c, 5, &kv);
+  const int64_t kvd = c.KV * c.D, bfl = kvd * c.bs;
+  for (int64_t pos = 0; pos < c.T; ++pos) {
+    const int64_t b = p.table[sz(pos / c.bs)], off = pos % c.bs;
+    for (int64_t g = 0; g < c.KV; ++g)
+      for (int64_t d = 0; d < c.D; ++d) {
+        EXPECT_EQ(p.kpool[sz(b * bfl + (g * c.D + d) * c.bs + off)], p.k[sz(pos * kvd + g * c.D + d)]);
+        EXPECT_EQ(p.vpool[sz(b * bfl + (g * c.bs + off) * c.D + d)], p.v[sz(pos * kvd + g * c.D + d)]);
+      }
+  }
+  // Slots of blocks not in the table stay untouched (NaN).
+  std::vector<char> in_table(p.kpool.size() / sz(bfl), 0);
+  for (int32_t b : p.table) in_table[sz(b)] = 1;
+  for (size_t b = 0; b < in_table.size(); ++b) {
+    if (!in_table[b]) {
+      EXPECT_TRUE(std::isnan(p.kpool[b * sz(bfl)]));
+    }
+  }
+}
+
+TEST(PagedAttention, ErrorsNameTheProblem) {
+  const Case c{4, 2, 8, 4, 0, 8};
+  PagedKv kv;
+  Paged p = make_paged(c, 9, &kv);
+  std::vector<float> q(sz(4 * 8 * 2)), out(q.size()), k(sz(2 * 16)), v(k.size());
+  AttnShape past{2, 7, 4, 2, 8, 1.0f};  // positions 7, 8: the table covers 0 .. 7
+  EXPECT_THROW(qwen::ops::paged_attention(q.data(), kv, out.data(), past), qwen::Error);
+  EXPECT_THROW(qwen::ops::paged_kv_store(kv, k.data(), v.data(), past), qwen::Error);
+  AttnShape bad{1, 0, 5, 2, 8, 1.0f};  // H % KV != 0
+  EXPECT_THROW(qwen::ops::paged_attention(q.data(), kv, out.data(), bad), qwen::Error);
+  try {
+    qwen::ops::paged_attention(q.data(), kv, out.data(), past);
+  } catch (const qwen::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("table holds 2"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
