@@ -15,7 +15,8 @@
 // through /proc/self/clear_refs) over the resident set before the call.
 //
 //   bench_attention [--threads 2] [--reps 5] [--max-seconds 4] [--json] [--quick] [--no-ops]
-// --quick: T up to 2048 only. --no-ops: skip the per-token ops table at the end.
+//                   [--mode prefill|decode|all]
+// --quick: prefill T up to 2048 only. --no-ops: skip the per-token ops table at the end.
 #include <cblas.h>
 #include <omp.h>
 #include <sys/wait.h>
@@ -134,6 +135,7 @@ struct Opts {
   int threads = 2, reps = 5;
   double max_seconds = 4;
   bool json = false, quick = false, ops = true;
+  std::string mode = "all";  // prefill | decode | all
 };
 
 // Runs fn on shape s in a forked child: a first call (memory measured on it; its time counts as
@@ -283,10 +285,12 @@ int main(int argc, char** argv) {
       o.quick = true;
     else if (a == "--no-ops")
       o.ops = false;
+    else if (a == "--mode")
+      o.mode = next();
     else {
       std::fprintf(stderr,
                    "usage: bench_attention [--threads N] [--reps N] [--max-seconds X] [--json] "
-                   "[--quick] [--no-ops]\n");
+                   "[--quick] [--no-ops] [--mode prefill|decode|all]\n");
       return 2;
     }
   }
@@ -347,8 +351,10 @@ int main(int argc, char** argv) {
       }
     }
   };
-  for (int64_t T : Ts) run_mode("prefill", T, T);
-  for (int64_t S : {int64_t(512), int64_t(2048), int64_t(8192)}) run_mode("decode", 1, S);
+  if (o.mode != "decode")
+    for (int64_t T : Ts) run_mode("prefill", T, T);
+  if (o.mode != "prefill")
+    for (int64_t S : {int64_t(512), int64_t(2048), int64_t(8192)}) run_mode("decode", 1, S);
 
   if (o.ops) {
     // The exp-bound per-token ops: SIMD path of this CPU against the std::exp loops (*_ref).

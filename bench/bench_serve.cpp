@@ -125,6 +125,14 @@ size_t rss_bytes(pid_t pid) {
   return 0;
 }
 
+// The 1-minute load average: the machine is shared, so every report says how busy it was.
+std::string loadavg() {
+  std::ifstream f("/proc/loadavg");
+  std::string a;
+  f >> a;
+  return a;
+}
+
 double metric(const std::string& text, const std::string& name) {
   std::istringstream ss(text);
   std::string line;
@@ -288,8 +296,9 @@ int main(int argc, char** argv) {
     if (!cfg.is_discarded() && cfg.contains("vocab_size")) o.vocab = std::min<int64_t>(cfg["vocab_size"].get<int64_t>(), 151643);
   }
   std::printf("# bench_serve: prompt %lld tokens, %lld generated per request, greedy, streaming, "
-              "loopback, %u hardware threads\n",
-              (long long)o.prompt_tokens, (long long)o.max_tokens, std::thread::hardware_concurrency());
+              "loopback, %u hardware threads, load average %s\n",
+              (long long)o.prompt_tokens, (long long)o.max_tokens, std::thread::hardware_concurrency(),
+              loadavg().c_str());
 
   if (o.load_test > 0) {
     const int C = 64;
@@ -331,7 +340,7 @@ int main(int argc, char** argv) {
     // allow 4 MiB of allocator noise.
     const bool pass = st.errors == 0 && warm.errors == 0 && st.requests > 0 && used == 0 &&
                       running == 0 && waiting == 0 && (server.pid <= 0 || growth < 4.0 * 1048576);
-    std::printf("%s\n", pass ? "PASS" : "FAIL");
+    std::printf("%s (load average at the end: %s)\n", pass ? "PASS" : "FAIL", loadavg().c_str());
     if (server.pid > 0) std::printf("server exit status after SIGTERM: %d\n", server.stop());
     return pass ? 0 : 1;
   }
@@ -354,6 +363,7 @@ int main(int argc, char** argv) {
     if (st.errors) std::printf("first error: %s\n", st.first_error.c_str());
     std::fflush(stdout);
   }
+  std::printf("# load average at the end: %s\n", loadavg().c_str());
   if (server.pid > 0) server.stop();
   return total_errors ? 1 : 0;
 }

@@ -190,13 +190,15 @@ TEST(Matmul, RandomOddShapesEveryPathAndDtype) {
         for (bool acc : {false, true}) check_matmul(paths(), wt, M, N, K, acc, rng);
 }
 
-// Shapes that cross every cache block (KC = 256, MC up to 256, NC = 512 in the SIMD drivers),
-// leave partial k blocks, row tiles of every size and partial column panels.
+// Shapes that cross every cache block of both SIMD drivers (AVX-512: KC = 256, MC = 256,
+// NC = 512; AVX2: KC = 768, MC = 192, NC = 1024), leave partial k blocks, row tiles of every size
+// and partial column panels.
 TEST(Matmul, CrossesBlockBoundaries) {
   std::mt19937 rng(99);
   for (DType wt : {DType::F32, DType::BF16, DType::F16}) {
     check_matmul(paths(), wt, 263, 555, 531, wt == DType::BF16, rng);
     check_matmul(paths(), wt, 30, 1041, 257, false, rng);
+    check_matmul(paths(), wt, 37, 45, 1601, wt == DType::F16, rng);
   }
 }
 
@@ -326,7 +328,10 @@ TEST(GemmF32, AllTransposesStridesAlphaBeta) {
 TEST(GemmF32, CrossesBlockBoundaries) {
   std::mt19937 rng(778);
   for (bool ta : {false, true})
-    for (bool tb : {false, true}) check_gemm(paths(), ta, tb, 270, 530, 300, 1.0f, 0.5f, rng);
+    for (bool tb : {false, true}) {
+      check_gemm(paths(), ta, tb, 270, 530, 300, 1.0f, 0.5f, rng);
+      check_gemm(paths(), ta, tb, 23, 70, 1700, -1.0f, 0.0f, rng);
+    }
 }
 
 TEST(GemmF32, DegenerateSizes) {

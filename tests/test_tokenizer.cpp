@@ -157,6 +157,18 @@ TEST(TokenizerGolden, Qwen3ChatTemplateMatchesTransformers) {
   }
 }
 
+TEST(TokenizerGolden, Qwen25StyleDefaultSystemMessage) {
+  json g = load_json("golden/qwen25_style_chat.json");
+  qwen::Tokenizer tok = qwen::Tokenizer::from_json(read_file(kData + "/qwen3/tokenizer.json"),
+                                                   read_file(kData + "/" + g["config"].get<std::string>()));
+  for (const json& c : g["chats"]) {
+    std::vector<std::pair<std::string, std::string>> msgs;
+    for (const json& m : c["messages"]) msgs.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+    EXPECT_EQ(tok.apply_chat_template(msgs, c["add_generation_prompt"].get<bool>()), c["text"].get<std::string>())
+        << c["messages"].dump();
+  }
+}
+
 TEST(Tokenizer, Qwen3Api) {
   const qwen::Tokenizer& tok = tokenizer("qwen3");
   EXPECT_EQ(tok.vocab_size(), 151669);

@@ -280,6 +280,7 @@ void cmd_generate(const GenArgs& a) {
     std::fwrite(s.data(), 1, s.size(), stdout);
   }
   std::printf("\n");
+  std::fflush(stdout);
   std::fprintf(stderr, "[%zu prompt tokens, %zu generated; prefill %.1f tok/s, decode %.1f tok/s]\n",
                prompt.size(), ids.size(), st.prefill_tok_s(), st.decode_tok_s());
 }

@@ -34,11 +34,12 @@ using detail::kAttnBk;
 constexpr int64_t kScratchFloats = 96 * 1024;
 
 // Query tokens per work item: as many as the scratch budget allows, a multiple of the key tile
-// when that large (then the causal diagonal cuts tiles evenly), but small enough that there are
-// at least 4 items per thread to balance the causal (uneven) work.
+// when that large (then the causal diagonal cuts tiles evenly), at most T, and small enough that
+// there are at least 4 items per thread to balance the causal (uneven) work.
 int64_t query_tile(int64_t T, int64_t KV, int64_t G, int64_t D, int n_threads) {
   const auto align = [](int64_t b) { return b >= kAttnBk ? b / kAttnBk * kAttnBk : b; };
   int64_t bq = align(std::max<int64_t>(1, kScratchFloats / (2 * D + kAttnBk) / G));
+  bq = std::min(bq, T);  // decode: a block of just the T tokens' G heads
   while (bq > 16 && KV * ((T + bq - 1) / bq) < 4 * int64_t(n_threads)) bq = align(bq / 2);
   return bq;
 }
@@ -151,10 +152,10 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
   check_shape(s, kv_stride, "flash_attention");
   if (s.T == 0) return;
   const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, pos0 = s.pos0;
-  const int64_t G = H / KV;                                  // query heads per kv head
+  const int64_t G = H / KV;  // query heads per kv head
   const int n_threads = omp_get_max_threads();
   const int64_t Bq = query_tile(T, KV, G, D, n_threads);  // query tokens per item
-  const int64_t Mmax = Bq * G;                             // query rows per item
+  const int64_t Mmax = Bq * G;                            // query rows per item
   const int64_t n_qt = (T + Bq - 1) / Bq;
   const float qscale = s.scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x·log2 e)
 

@@ -104,7 +104,7 @@ inline __m512i _mm512_loadu_si512(const void* p) {
   std::memcpy(r.u, p, 64);
   return r;
 }
-constexpr int _MM_HINT_T0 = 3;  // prefetches only move data between cache levels: no-ops here
+constexpr int _MM_HINT_T0 = 3, _MM_HINT_T1 = 2;  // prefetches only move data between caches
 inline void _mm_prefetch(const void*, int) {}
 
 inline __m512 _mm512_add_ps(__m512 a, __m512 b) {

@@ -36,9 +36,6 @@
 
 namespace qwen::ops::detail {
 namespace {
-#ifdef TUNE_TIMING
-inline uint64_t g_pack_cycles = 0;
-#endif
 
 // Row-major copy of op(A)[m0:m0+mc, k0:k0+kc] into dst with row stride KC.
 template <int64_t KC>
@@ -105,13 +102,7 @@ void gemm_range(const GemmProblem& p, int64_t m_lo, int64_t m_hi, int64_t n_lo, 
         const bool first = k0 == 0;
         for (int64_t j0 = n0; j0 < n0 + nc; j0 += Tr::NR) {
           const int nv = int(std::min<int64_t>(Tr::NR, n0 + nc - j0));
-#ifdef TUNE_TIMING
-          const uint64_t tp0 = __rdtsc();
-#endif
           Tr::pack_b(p, k0, kc, j0, nv, bbuf);
-#ifdef TUNE_TIMING
-          g_pack_cycles += __rdtsc() - tp0;
-#endif
           int64_t r0 = 0;
           for (int64_t t = 0; t < n_tiles; ++t) {
             const int64_t mr = base + (t < extra ? 1 : 0);

@@ -406,7 +406,8 @@ void Engine::step_once() {
   const int64_t V = m_.config().vocab_size;
   const int64_t n_rows = int64_t(rows.size());
   const int n_threads = int(samplers_.size());
-#pragma omp parallel for schedule(dynamic, 1) if (n_rows >= 4) num_threads(n_threads)
+  const bool parallel = n_rows >= 4 && n_rows * V >= (int64_t(1) << 20);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(n_threads)
   for (int64_t i = 0; i < n_rows; ++i) {
     const StepChunk& c = plan.chunks[size_t(rows[size_t(i)])];
     const SchedRequest* r = sched_.find(c.id);

@@ -1,6 +1,6 @@
 // tokenizer/json_lite.h — a small, fast read-only JSON DOM for tokenizer.json (11 MB, ~600k values
 // for Qwen): strings are views into the source text unless they hold escapes, containers keep
-// their members in file order in flat arrays. About 10x faster than building an nlohmann::json for
+// their members in file order in flat arrays. About 7x faster than building an nlohmann::json for
 // the same file. Malformed input (bad syntax, invalid UTF-8, nesting deeper than 256) throws
 // qwen::Error naming the byte offset.
 #pragma once
