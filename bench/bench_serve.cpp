@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -31,7 +32,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -50,6 +50,17 @@ struct Options {
   int64_t prompt_tokens = 64, max_tokens = 64, requests = 2, vocab = 0;
   double load_test = 0;
 };
+
+// The port in the server's "listening on http://127.0.0.1:PORT" line, or 0.
+int listening_port(const std::string& out) {
+  const std::string key = "listening on http://127.0.0.1:";
+  const size_t p = out.find(key);
+  if (p == std::string::npos) return 0;
+  size_t e = p + key.size();
+  while (e < out.size() && std::isdigit(static_cast<unsigned char>(out[e]))) ++e;
+  if (e == out.size() || e == p + key.size()) return 0;  // the line is not complete yet
+  return std::stoi(out.substr(p + key.size(), e - p - key.size()));
+}
 
 // A `qwen serve` child.
 struct ServerProc {
@@ -74,8 +85,6 @@ struct ServerProc {
     }
     close(fds[1]);
     std::string out;
-    const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
-    std::smatch m;
     const auto deadline = Clock::now() + std::chrono::seconds(120);
     while (Clock::now() < deadline) {
       pollfd p{fds[0], POLLIN, 0};
@@ -84,10 +93,7 @@ struct ServerProc {
       const ssize_t n = read(fds[0], buf, sizeof buf);
       if (n <= 0) break;
       out.append(buf, size_t(n));
-      if (std::regex_search(out, m, re)) {
-        port = std::stoi(m[1]);
-        break;
-      }
+      if ((port = listening_port(out)) > 0) break;
     }
     close(fds[0]);
     std::fputs(out.c_str(), stdout);

@@ -12,12 +12,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,6 +45,17 @@ std::string model_dir() {
     EXPECT_EQ(r.status, 0) << r.err;
   }
   return dir->str("tiny");
+}
+
+// The port in the server's "listening on http://127.0.0.1:PORT" line, or 0.
+int listening_port(const std::string& out) {
+  const std::string key = "listening on http://127.0.0.1:";
+  const size_t p = out.find(key);
+  if (p == std::string::npos) return 0;
+  size_t e = p + key.size();
+  while (e < out.size() && std::isdigit(static_cast<unsigned char>(out[e]))) ++e;
+  if (e == out.size() || e == p + key.size()) return 0;  // the line is not complete yet
+  return std::stoi(out.substr(p + key.size(), e - p - key.size()));
 }
 
 // A `qwen serve` child process.
@@ -75,8 +86,6 @@ class Server {
     // Read stdout until the "listening on" line (30 s at most).
     std::string out;
     const auto deadline = Clock::now() + std::chrono::seconds(30);
-    std::smatch m;
-    const std::regex re("listening on http://127\\.0\\.0\\.1:([0-9]+)");
     while (Clock::now() < deadline) {
       pollfd p{fds[0], POLLIN, 0};
       if (poll(&p, 1, 200) <= 0) continue;
@@ -84,10 +93,7 @@ class Server {
       const ssize_t n = read(fds[0], buf, sizeof buf);
       if (n <= 0) break;
       out.append(buf, size_t(n));
-      if (std::regex_search(out, m, re)) {
-        port_ = std::stoi(m[1]);
-        break;
-      }
+      if ((port_ = listening_port(out)) > 0) break;
     }
     close(fds[0]);
     startup_ = out;

@@ -3,12 +3,13 @@
 //
 // GEMM: the blocked loop nest of matmul_driver.h around a 6x16 register micro-kernel (6 rows of A
 // broadcast against two ymm of a k-major B panel: 12 accumulators + 2 B + 1 A of the 16 ymm).
-// B panels are converted to f32 a row at a time and scattered into the k-major panel.
-// Matvec: 4 weight rows at a time, two accumulators per row, weights streamed once; BF16 rows are
-// loaded 16 at a time and split exactly into even (shift) and odd (AND) elements against a
-// permuted copy of x; F16 is widened with vcvtph2ps.
-// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* helpers
-// (GCC bug 105593); silence it for the header only.
+// B panels are packed from the (N, K) weight rows by 8x8 in-register transposes, widening BF16
+// (shift) or F16 (vcvtph2ps) to f32 on the way.
+// Matvec: one weight row at a time, four accumulators, each thread's rows read as one linear
+// stream, every weight once; BF16 rows are loaded 16 at a time and split exactly into even (shift)
+// and odd (AND) elements against a permuted copy of x; F16 is widened with vcvtph2ps.
+// (GCC 12's intrinsics headers trip -Wuninitialized on their own _mm*_undefined_* helpers, GCC
+// bug 105593; the warning is silenced for the header only.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -112,8 +113,9 @@ struct Traits {
         // the hardware prefetcher follows well).
         if ((kk * es) % 64 == 0 && n0 + NR + 8 * g + 7 < p.N) {
           for (int i = 0; i < 8; ++i)
-            _mm_prefetch(static_cast<const char*>(p.B) + ((n0 + NR + 8 * g + i) * p.ldb + k0 + kk) * es,
-                         _MM_HINT_T1);
+            _mm_prefetch(
+                static_cast<const char*>(p.B) + ((n0 + NR + 8 * g + i) * p.ldb + k0 + kk) * es,
+                _MM_HINT_T1);
         }
         __m256 r[8];
         for (int i = 0; i < 8; ++i) {
@@ -217,15 +219,21 @@ inline float dot_row(const void* W, const float* x, const float* xs, int64_t n, 
     for (; k + 32 <= K; k += 32) {
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
       const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 16));
-      a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xs + k), a0);
-      a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_loadu_ps(xs + k + 8), a1);
-      a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)), _mm256_loadu_ps(xs + k + 16), a2);
-      a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)), _mm256_loadu_ps(xs + k + 24), a3);
+      a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xs + k),
+                           a0);
+      a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
+                           _mm256_loadu_ps(xs + k + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)),
+                           _mm256_loadu_ps(xs + k + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)),
+                           _mm256_loadu_ps(xs + k + 24), a3);
     }
     if (k + 16 <= K) {
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-      a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xs + k), a0);
-      a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)), _mm256_loadu_ps(xs + k + 8), a1);
+      a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)), _mm256_loadu_ps(xs + k),
+                           a0);
+      a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
+                           _mm256_loadu_ps(xs + k + 8), a1);
       k += 16;
     }
   } else {

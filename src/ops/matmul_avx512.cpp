@@ -8,9 +8,10 @@
 // so the kernel only ever sees f32 and accumulates in f32.
 //
 // Matvec: one weight row at a time against x (which stays in L1), four accumulators; each thread
-// reads its rows as one linear stream, every weight exactly once. BF16 rows are loaded 32 at a time and split into their even
-// and odd elements with one shift and one AND (both exact), against a copy of x permuted the same
-// way; F16 rows go through vcvtph2ps. Rows are split over the OpenMP team.
+// reads its rows as one linear stream, every weight exactly once. BF16 rows are loaded 32 at a time
+// and split into their even and odd elements with one shift and one AND (both exact), against a
+// copy of x permuted the same way; F16 rows go through vcvtph2ps. Rows are split over the OpenMP
+// team.
 #ifdef QWEN_AVX512_EMULATION
 // Test build only: the same code against plain-C++ intrinsics (see matmul_avx512_emu.h).
 #include "ops/matmul_avx512_emu.h"
@@ -197,16 +198,22 @@ inline float dot_row(const void* W, const float* xs, int64_t n, int64_t K) {
     const __m512i hi = _mm512_set1_epi32(int(0xFFFF0000u));
     for (; k + 64 <= K; k += 64) {
       const __m512i v0 = _mm512_loadu_si512(w + k), v1 = _mm512_loadu_si512(w + k + 32);
-      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_load_ps(xs + k), a0);
-      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), _mm512_load_ps(xs + k + 16), a1);
-      a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), _mm512_load_ps(xs + k + 32), a2);
-      a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), _mm512_load_ps(xs + k + 48), a3);
+      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), _mm512_load_ps(xs + k),
+                           a0);
+      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)),
+                           _mm512_load_ps(xs + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)),
+                           _mm512_load_ps(xs + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)),
+                           _mm512_load_ps(xs + k + 48), a3);
     }
     for (; k < K; k += 32) {  // up to two 32-chunks, the last one masked (xs is zero padded)
       const __mmask32 km = K - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (K - k)) - 1u);
       const __m512i v = _mm512_maskz_loadu_epi16(km, w + k);
-      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(xs + k), a0);
-      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), _mm512_load_ps(xs + k + 16), a1);
+      a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_load_ps(xs + k),
+                           a0);
+      a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)),
+                           _mm512_load_ps(xs + k + 16), a1);
     }
   } else {
     const int64_t i0 = n * K;

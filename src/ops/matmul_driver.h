@@ -12,7 +12,7 @@
 //       for k0 in 0..K, step KC                  (the A block mc x kc is read from L2)
 //         for j0 in n0..n0+nc, step NR
 //           pack op(B)[k0:k0+kc, j0:j0+NR] k-major (NR floats per k), converting BF16/F16 to
-//             f32 and zero-padding missing columns                                    -> L1
+//             f32 and zero-padding missing columns                         -> L1 (or L2)
 //           for each row tile of the block (balanced tiles of at most MR_MAX rows)
 //             micro-kernel: C tile (mr, NR) (+)= A tile (mr, kc) · B panel (kc, NR)
 // The first k block applies beta (C = alpha·acc + beta·C), later ones add (C += alpha·acc).
