@@ -19,3 +19,10 @@ for dt in f32 bf16; do
     $Q bench --model "$OUT/q125m-$dt" --prompt-len $pl --gen-len 64 --threads 2 --reps 3
   done
 done
+# Serving: aggregate tok/s and TTFT / inter-token latency at 1, 4, 16, 64 concurrent streams.
+if [ -x "$B/bench_serve" ]; then
+  for dt in f32; do
+    echo; echo "## bench_serve --model q125m-$dt --levels 1,4,16,64"
+    "$B/bench_serve" --qwen "$Q" --model "$OUT/q125m-$dt" --levels 1,4,16,64
+  done
+fi

@@ -2,7 +2,9 @@
 // against its naive reference and against the contiguous attention reference of
 // ops/attention.h fed the same keys: odd block sizes (1, 3, 5, 16, 17, 100), GQA ratios 1/2/4/6,
 // odd head dims, prefill from 0, chunks at an offset, decode; block tables in shuffled order;
-// both kernel tables (AVX-512 when present, portable). Pool slots that the sequence does not own
+// every kernel table this CPU runs (AVX-512, AVX2, portable) and the dispatching entry point,
+// plus the shared SIMD body instantiated with plain-C++ 16-lane traits shaped like the AVX-512
+// ones (same width and register blocks), so the AVX-512 logic is exercised on CPUs without it. Pool slots that the sequence does not own
 // hold NaN, so any read outside the table shows. Also: row invariance (a query gives the same bits
 // whether it comes alone or inside a chunk, on 1 or 2 threads) and the errors.
 #include <gtest/gtest.h>
@@ -19,7 +21,80 @@
 #include "core/cpu.h"
 #include "ops/attention.h"
 #include "ops/paged_attention.h"
+#include "ops/paged_attention_simd.h"
 #include "qwen/error.h"
+
+using qwen::ops::detail::PagedKernels;
+
+namespace {
+
+// Lane-by-lane stand-in for simd::Avx512 (16 floats, 6-row blocks, 4-vector chunks).
+struct Emu16 {
+  struct reg {
+    float f[16];
+  };
+  static constexpr int W = 16;
+  static constexpr int kScoreRows = 6, kScoreVecs = 4, kPvRows = 6, kPvVecs = 4;
+  static reg zero() { return set1(0.0f); }
+  static reg set1(float x) {
+    reg r;
+    for (float& v : r.f) v = x;
+    return r;
+  }
+  static reg load(const float* p) {
+    reg r;
+    for (int i = 0; i < W; ++i) r.f[i] = p[i];
+    return r;
+  }
+  static void store(float* p, reg v) {
+    for (int i = 0; i < W; ++i) p[i] = v.f[i];
+  }
+  static reg load_n(const float* p, int64_t n) {  // reads only lanes < n, as masked loads do
+    reg r = zero();
+    for (int i = 0; i < W && i < n; ++i) r.f[i] = p[i];
+    return r;
+  }
+  static void store_n(float* p, reg v, int64_t n) {
+    for (int i = 0; i < W && i < n; ++i) p[i] = v.f[i];
+  }
+  template <class F>
+  static reg map2(reg a, reg b, F f) {
+    for (int i = 0; i < W; ++i) a.f[i] = f(a.f[i], b.f[i]);
+    return a;
+  }
+  static reg fma(reg a, reg b, reg c) {
+    for (int i = 0; i < W; ++i) c.f[i] = std::fma(a.f[i], b.f[i], c.f[i]);
+    return c;
+  }
+  static reg add(reg a, reg b) { return map2(a, b, [](float x, float y) { return x + y; }); }
+  static reg sub(reg a, reg b) { return map2(a, b, [](float x, float y) { return x - y; }); }
+  static reg mul(reg a, reg b) { return map2(a, b, [](float x, float y) { return x * y; }); }
+  static reg keep_n(reg v, int64_t n) {
+    for (int i = 0; i < W; ++i)
+      if (i >= n) v.f[i] = 0.0f;
+    return v;
+  }
+  static reg max_n(reg acc, reg v, int64_t n) {
+    for (int i = 0; i < W && i < n; ++i) acc.f[i] = std::max(acc.f[i], v.f[i]);
+    return acc;
+  }
+  static float hsum(reg v) {
+    float s = 0;
+    for (float x : v.f) s += x;
+    return s;
+  }
+  static float hmax(reg v) {
+    float m = v.f[0];
+    for (float x : v.f) m = std::max(m, x);
+    return m;
+  }
+  static reg exp2(reg v) {
+    for (float& x : v.f) x = std::exp2(std::clamp(x, -200.0f, 200.0f));
+    return v;
+  }
+};
+
+}  // namespace
 
 namespace {
 
@@ -90,6 +165,17 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+// The kernel tables this CPU can run, with their names.
+std::vector<std::pair<const char*, const PagedKernels*>> tables() {
+  std::vector<std::pair<const char*, const PagedKernels*>> t;
+  const qwen::CpuFeatures& cpu = qwen::cpu_features();
+  if (cpu.avx512) t.push_back({"avx512", &qwen::ops::detail::paged_kernels_avx512()});
+  if (cpu.avx2) t.push_back({"avx2", &qwen::ops::detail::paged_kernels_avx2()});
+  t.push_back({"portable", &qwen::ops::detail::paged_kernels_portable()});
+  t.push_back({"avx512-shaped emulation", &qwen::ops::detail::PagedSimd<Emu16>::table()});
+  return t;
+}
+
 const std::vector<Case>& cases() {
   static const std::vector<Case> c = {
       {4, 2, 8, 16, 0, 1},     {4, 2, 8, 16, 0, 37},    {8, 4, 64, 16, 0, 100},
@@ -119,6 +205,11 @@ TEST(PagedAttention, MatchesReferencesOnOddShapes) {
     EXPECT_LT(max_abs_diff(ref, fast), 2e-5f);
     qwen::ops::paged_attention_portable(q.data(), kv, portable.data(), s);
     EXPECT_LT(max_abs_diff(ref, portable), 2e-5f);
+    for (const auto& [name, kern] : tables()) {
+      std::vector<float> out(n_out);
+      qwen::ops::detail::paged_attention_with(*kern, q.data(), kv, out.data(), s);
+      EXPECT_LT(max_abs_diff(ref, out), 2e-5f) << name;
+    }
   }
 }
 
@@ -132,11 +223,10 @@ TEST(PagedAttention, RowInvariantAcrossChunksAndThreads) {
     const std::vector<float> q = random_q(c, 78);
     const float scale = 1.0f / std::sqrt(float(c.D));
     const int64_t row = c.H * c.D;
-    for (bool portable : {false, true}) {
-      auto run = [&](const float* qq, float* out, int64_t pos0, int64_t T) {
+    for (const auto& [name, kern] : tables()) {
+      auto run = [&, kern = kern](const float* qq, float* out, int64_t pos0, int64_t T) {
         AttnShape s{T, pos0, c.H, c.KV, c.D, scale};
-        if (portable) qwen::ops::paged_attention_portable(qq, kv, out, s);
-        else qwen::ops::paged_attention(qq, kv, out, s);
+        qwen::ops::detail::paged_attention_with(*kern, qq, kv, out, s);
       };
       omp_set_num_threads(2);
       std::vector<float> whole(sz(c.T * row));
@@ -146,7 +236,7 @@ TEST(PagedAttention, RowInvariantAcrossChunksAndThreads) {
       for (int64_t t = 0; t < c.T; ++t) {
         run(q.data() + t * row, one.data(), c.pos0 + t, 1);
         ASSERT_EQ(0, std::memcmp(one.data(), whole.data() + t * row, sz(row) * 4))
-            << "row " << t << " differs alone vs in a chunk (portable=" << portable << ")";
+            << "row " << t << " differs alone vs in a chunk (" << name << ")";
       }
       // A chunk starting in the middle.
       const int64_t t0 = c.T / 3, n = c.T - t0;

@@ -177,6 +177,42 @@ TEST(Scheduler, ChunkedPrefillUnderTokenBudget) {
   EXPECT_EQ(s.check(), "");
 }
 
+// While requests decode, prompt tokens per step are capped at max(prefill_per_step, decoders);
+// with nobody decoding the whole budget goes to prefill.
+TEST(Scheduler, PrefillCapWhileOthersDecode) {
+  SchedulerConfig c = cfg(16, 4, 4, 64, false);
+  c.prefill_per_step = 3;
+  Scheduler s(c);
+  s.add(1, iota(1, 2), 10);
+  StepPlan p = s.step();  // nobody decodes yet: no cap
+  ASSERT_EQ(p.chunks.size(), 1u);
+  expect_chunk(p.chunks[0], 1, 0, 0, 2, true);
+  s.append_token(1, 50);
+  s.add(2, iota(100, 10), 2);
+  p = s.step();  // 1 decodes -> at most max(3, 1) = 3 prompt tokens
+  ASSERT_EQ(p.chunks.size(), 2u);
+  expect_chunk(p.chunks[0], 1, 0, 2, 1, true);
+  expect_chunk(p.chunks[1], 2, 1, 0, 3, false);
+  s.append_token(1, 51);
+  s.add(3, iota(200, 5), 2);
+  p = s.step();  // request 2's next 3 tokens spend the cap: 3 is not admitted
+  ASSERT_EQ(p.chunks.size(), 2u);
+  expect_chunk(p.chunks[0], 1, 0, 3, 1, true);
+  expect_chunk(p.chunks[1], 2, 1, 3, 3, false);
+  EXPECT_EQ(s.waiting_ids(), (std::vector<int64_t>{3}));
+  s.append_token(1, 52);
+  p = s.step();
+  ASSERT_EQ(p.chunks.size(), 2u);
+  expect_chunk(p.chunks[1], 2, 1, 6, 3, false);
+  s.append_token(1, 53);
+  p = s.step();  // 2 has one prompt token left (counts as decoding): max(3, 2) = 3 for request 3
+  ASSERT_EQ(p.chunks.size(), 3u);
+  expect_chunk(p.chunks[0], 1, 0, 5, 1, true);
+  expect_chunk(p.chunks[1], 2, 1, 9, 1, true);
+  expect_chunk(p.chunks[2], 3, 2, 0, 3, false);
+  EXPECT_EQ(s.check(), "");
+}
+
 TEST(Scheduler, PreemptsNewestAndRecomputesIt) {
   Scheduler s(cfg(4, 2, 4, 16, false));
   s.add(1, iota(1, 3), 5);
@@ -333,7 +369,9 @@ TEST(Scheduler, RandomizedNoLeakNoDoubleUse) {
     std::mt19937 rng(seed);
     const int32_t bs = 1 + int32_t(rng() % 5);
     const int32_t n_blocks = 12 + int32_t(rng() % 20);
-    Scheduler s(cfg(n_blocks, bs, 1 + int64_t(rng() % 6), 4 + int64_t(rng() % 40), seed % 3 != 0));
+    SchedulerConfig sc = cfg(n_blocks, bs, 1 + int64_t(rng() % 6), 4 + int64_t(rng() % 40), seed % 3 != 0);
+    sc.prefill_per_step = seed % 2 ? 0 : 1 + int64_t(rng() % 8);
+    Scheduler s(sc);
     std::map<int64_t, int64_t> left;  // id -> tokens still to generate
     int64_t next_id = 1, preempted = 0;
     const V shared = iota(1000, 40);

@@ -38,7 +38,7 @@ struct ServeArgs {
   std::string model, adapter, dtype, host = "127.0.0.1", api_key, name, kv_mem;
   int port = 8080, threads = 0, http_threads = 0;
   int64_t max_running = 64, max_queue = 256, kv_tokens = 0, max_step_tokens = 512,
-          max_model_len = 0;
+          max_model_len = 0, prefill_per_step = 32;
   int32_t block_size = 16;
   double grace_s = 10.0;
   bool no_prefix_cache = false, no_batch_invariance = false;
@@ -107,6 +107,7 @@ void cmd_serve(const ServeArgs& a) {
   ec.max_running = a.max_running;
   ec.max_queue = a.max_queue;
   ec.max_step_tokens = a.max_step_tokens;
+  ec.prefill_per_step = a.prefill_per_step;
   ec.block_size = a.block_size;
   ec.max_model_len = a.max_model_len;
   ec.prefix_caching = !a.no_prefix_cache;
@@ -136,11 +137,13 @@ void cmd_serve(const ServeArgs& a) {
               so.model_name.c_str(), c.architecture.c_str(), model->num_parameters() / 1e6,
               dtype_name(model->matrix_dtype()), tok ? "yes" : "no (token-id prompts only)");
   std::printf("qwen serve: KV cache %d blocks of %d tokens (%.1f MiB), context %lld, "
-              "max running %lld, queue %lld, step budget %lld tokens\n",
+              "max running %lld, queue %lld, step budget %lld tokens (prefill %lld while "
+              "decoding)\n",
               rc.n_blocks, rc.block_size,
               double(serve::PagedKvCache::block_bytes(c, rc.block_size)) * rc.n_blocks / (1 << 20),
               (long long)engine.max_model_len(), (long long)rc.max_running,
-              (long long)rc.max_queue, (long long)rc.max_step_tokens);
+              (long long)rc.max_queue, (long long)rc.max_step_tokens,
+              (long long)rc.prefill_per_step);
   std::printf("qwen serve: listening on http://%s:%d%s\n", a.host.c_str(), port,
               a.api_key.empty() ? "" : " (API key required)");
   std::fflush(stdout);
@@ -181,6 +184,9 @@ void add_serve_commands(CLI::App& app) {
   c->add_option("--kv-cache-tokens", a->kv_tokens, "size the KV cache by tokens instead of memory");
   c->add_option("--block-size", a->block_size, "tokens per KV block (default 16)");
   c->add_option("--max-step-tokens", a->max_step_tokens, "token budget of one engine step (default 512)");
+  c->add_option("--prefill-per-step", a->prefill_per_step,
+                "while others decode, prompt tokens per step are at most max(this, decoding "
+                "requests): steadier inter-token latency, slower first tokens (default 32; 0 = off)");
   c->add_option("--max-model-len", a->max_model_len, "longest sequence, prompt + output (default: the model's)");
   c->add_option("--dtype", a->dtype, "convert weight matrices on load: f32, bf16 or f16");
   c->add_option("--threads", a->threads, "threads for the kernels (default: all cores)");

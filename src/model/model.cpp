@@ -3,6 +3,7 @@
 
 #include <cassert>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -23,11 +24,13 @@ static std::string shape_str(const std::vector<int64_t>& s) {
   return r + "]";
 }
 
+void Model::FreeDeleter::operator()(void* p) const { std::free(p); }
+
+// 64-byte aligned block (cache line, widest vector), released with free().
 void* Model::alloc(size_t bytes) {
-  // 64-byte aligned block; new[] of a 64-aligned type keeps vector loads aligned.
-  struct alignas(64) Line { uint8_t b[64]; };
-  size_t n = (bytes + 63) / 64;
-  auto* p = reinterpret_cast<uint8_t*>(new Line[n ? n : 1]);
+  const size_t n = ((bytes + 63) / 64) * 64;
+  auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, n ? n : 64));
+  if (!p) throw std::bad_alloc();
   owned_.emplace_back(p);
   return p;
 }

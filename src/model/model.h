@@ -73,7 +73,8 @@ class Model {
 
   ModelConfig cfg_;
   std::unique_ptr<io::Checkpoint> ckpt_;               // keeps the mapping alive
-  std::vector<std::unique_ptr<uint8_t[]>> owned_;      // converted / random tensors
+  struct FreeDeleter { void operator()(void* p) const; };
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> owned_;  // converted / random tensors
   const DType* convert_to_ = nullptr;
   const void* embed_ = nullptr;
   DType embed_dtype_ = DType::F32;

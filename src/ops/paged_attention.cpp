@@ -205,8 +205,10 @@ void paged_kv_store(const PagedKv& kv, const float* k, const float* v, const Att
 }
 
 void paged_attention(const float* q, const PagedKv& kv, float* out, const AttnShape& s) {
-  const detail::PagedKernels& kern =
-      cpu_features().avx512 ? detail::paged_kernels_avx512() : detail::paged_kernels_portable();
+  const CpuFeatures& cpu = cpu_features();
+  const detail::PagedKernels& kern = cpu.avx512 ? detail::paged_kernels_avx512()
+                                     : cpu.avx2 ? detail::paged_kernels_avx2()
+                                                : detail::paged_kernels_portable();
   detail::paged_attention_with(kern, q, kv, out, s);
 }
 

@@ -40,7 +40,8 @@ void paged_kv_store(const PagedKv& kv, const float* k, const float* v, const Att
 // with OpenMP when the call is large enough to pay for it.
 void paged_attention(const float* q, const PagedKv& kv, float* out, const AttnShape& s);
 
-// The same with the portable (scalar loop) inner kernels, whatever the CPU (tests compare).
+// The same with the portable (scalar loop) inner kernels, whatever the CPU (tests compare;
+// detail::paged_attention_with runs any kernel table).
 void paged_attention_portable(const float* q, const PagedKv& kv, float* out, const AttnShape& s);
 
 // Naive reference: gathers every key of the sequence and materialises the score matrix.
@@ -52,8 +53,9 @@ namespace detail {
 // start at multiples of the tile width, so the tiling never depends on the call.
 constexpr int64_t kPagedTileKeys = 64;
 
-// The inner kernels, one tile at a time (portable loops in paged_attention.cpp, AVX-512 in
-// paged_attention_avx512.cpp). Scores are in log2 units (q is pre-scaled by scale·log2 e).
+// The inner kernels, one tile at a time (portable loops in paged_attention.cpp; AVX2 and
+// AVX-512 instantiations of paged_attention_simd.h in paged_attention_avx2/avx512.cpp).
+// Scores are in log2 units (q is pre-scaled by scale·log2 e).
 struct PagedKernels {
   // S[r, j] = Σ_d Qs[r, d]·Kt[d, j] for rows r < M, keys j < nk; Qs (M, D), Kt (D, bs), S row
   // stride lds. Columns nk .. of S are left as they are.
@@ -70,6 +72,7 @@ struct PagedKernels {
 };
 
 const PagedKernels& paged_kernels_portable();
+const PagedKernels& paged_kernels_avx2();    // only call when cpu_features().avx2
 const PagedKernels& paged_kernels_avx512();  // only call when cpu_features().avx512
 
 void paged_attention_with(const PagedKernels& kern, const float* q, const PagedKv& kv, float* out,

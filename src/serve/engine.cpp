@@ -125,6 +125,7 @@ EngineConfig resolve(const Model& m, EngineConfig c) {
   const ModelConfig& mc = m.config();
   if (c.max_running < 1) throw Error("--max-running must be at least 1");
   if (c.max_queue < 0) throw Error("--max-queue must be >= 0");
+  if (c.prefill_per_step < 0) throw Error("--prefill-per-step must be >= 0");
   if (c.block_size < 1 || c.block_size > 4096) throw Error("--block-size must be in 1 .. 4096");
   c.max_step_tokens = std::max(c.max_step_tokens, c.max_running);
   if (c.max_model_len <= 0) c.max_model_len = mc.max_position_embeddings;
@@ -153,6 +154,7 @@ SchedulerConfig sched_config(const EngineConfig& c) {
   s.block_size = c.block_size;
   s.max_running = c.max_running;
   s.max_step_tokens = c.max_step_tokens;
+  s.prefill_per_step = c.prefill_per_step;
   s.prefix_caching = c.prefix_caching;
   return s;
 }

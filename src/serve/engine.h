@@ -36,6 +36,8 @@ struct EngineConfig {
   int64_t max_running = 64;       // sequences computed together
   int64_t max_queue = 256;        // requests waiting for admission before submit() refuses
   int64_t max_step_tokens = 512;  // tokens per step (raised to max_running if smaller)
+  int64_t prefill_per_step = 32;  // prompt tokens per step while others decode: at most
+                                  // max(this, decoding requests); 0 = only max_step_tokens
   int32_t block_size = 16;        // tokens per KV block
   int32_t n_blocks = 0;           // KV blocks; 0: from kv_cache_bytes
   size_t kv_cache_bytes = size_t(512) << 20;

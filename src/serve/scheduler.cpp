@@ -58,7 +58,8 @@ void Scheduler::preempt(SchedRequest* r, StepPlan* plan) {
   plan->preempted.push_back(r->id);
 }
 
-bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, StepPlan* plan) {
+bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, int64_t* prefill_left,
+                          StepPlan* plan) {
   const int64_t bs = cfg_.block_size, n_tok = int64_t(r->tokens.size());
   // Longest cached prefix of full blocks, leaving at least one token to compute.
   std::vector<int32_t> hits;
@@ -77,7 +78,8 @@ bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, StepPlan* plan) {
     }
   }
   const int64_t n_hit = int64_t(hits.size()) * bs;
-  const int64_t n = std::min(n_tok - n_hit, *budget);
+  const int64_t n = std::min({n_tok - n_hit, *budget, *prefill_left});
+  if (n <= 0) return false;
   const int64_t need = blocks_for(n_hit + n) - int64_t(hits.size());
   if (need > pool_.n_free() - hits_free) return false;
   for (int32_t b : hits) pool_.acquire(b);
@@ -97,17 +99,30 @@ bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, StepPlan* plan) {
   r->n_computed += n;
   plan->n_tokens += n;
   *budget -= n;
+  *prefill_left -= n;
   return true;
 }
 
 StepPlan Scheduler::step() {
   StepPlan plan;
   int64_t budget = cfg_.max_step_tokens;
+  // Prefill cap: only while some request decodes (has exactly one token left to compute).
+  int64_t n_decoding = 0;
+  for (const SchedRequest* r : running_) n_decoding += int64_t(r->tokens.size()) - r->n_computed == 1;
+  int64_t prefill_left = cfg_.prefill_per_step > 0 && n_decoding > 0
+                             ? std::max(cfg_.prefill_per_step, n_decoding)
+                             : cfg_.max_step_tokens;
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     SchedRequest* r = running_[i];
     const int64_t n_tok = int64_t(r->tokens.size());
-    const int64_t n = std::min(n_tok - r->n_computed, budget);
-    assert(n >= 1 && "a running request has no token to compute (missing append_token?)");
+    const int64_t left = n_tok - r->n_computed;
+    assert(left >= 1 && "a running request has no token to compute (missing append_token?)");
+    const bool decode = left == 1;
+    const int64_t n = std::min({left, budget, decode ? left : prefill_left});
+    if (n <= 0) {  // a prefill while the cap is spent: it waits, decoders after it still run
+      ++i;
+      continue;
+    }
     const int64_t need = blocks_for(r->n_computed + n) - int64_t(r->blocks.size());
     bool self = false;
     while (need > pool_.n_free()) {
@@ -122,11 +137,13 @@ StepPlan Scheduler::step() {
     r->n_computed += n;
     plan.n_tokens += n;
     budget -= n;
+    if (!decode) prefill_left -= n;
     ++i;
   }
   if (plan.preempted.empty()) {
-    while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < cfg_.max_running) {
-      if (!try_admit(waiting_.front(), &budget, &plan)) break;
+    while (!waiting_.empty() && budget > 0 && prefill_left > 0 &&
+           int64_t(running_.size()) < cfg_.max_running) {
+      if (!try_admit(waiting_.front(), &budget, &prefill_left, &plan)) break;
       waiting_.pop_front();
     }
   }

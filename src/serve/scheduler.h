@@ -4,7 +4,8 @@
 //
 // One step, in order:
 //  1. Running requests, oldest first: each gets all its uncomputed tokens up to the remaining
-//     budget (1 token when decoding, a chunk when its prompt is still being prefilled). When the
+//     budget (1 token when decoding, a chunk when its prompt is still being prefilled, within the
+//     prefill cap of SchedulerConfig::prefill_per_step). When the
 //     blocks for them are not free, the newest running request is preempted (its blocks freed,
 //     it goes back to the head of the queue to be recomputed later; prefix caching usually makes
 //     that cheap) until they are, or until the request itself was the newest.
@@ -33,6 +34,11 @@ struct SchedulerConfig {
   int32_t block_size = 16;        // tokens per block
   int64_t max_running = 64;       // sequences in flight (slots of the paged cache)
   int64_t max_step_tokens = 512;  // tokens computed in one step (decode + prefill chunks)
+  // While some requests decode, the prompt tokens (prefill chunks, recomputation) of one step
+  // are capped at max(prefill_per_step, number of decoding requests), so a step costs at most
+  // about twice a decode step and arriving prompts do not stall the streams already running
+  // (inter-token latency). 0: no cap beyond max_step_tokens. Without decoders it never applies.
+  int64_t prefill_per_step = 0;
   bool prefix_caching = true;
 };
 
@@ -106,7 +112,7 @@ class Scheduler {
 
  private:
   void preempt(SchedRequest* r, StepPlan* plan);
-  bool try_admit(SchedRequest* r, int64_t* budget, StepPlan* plan);
+  bool try_admit(SchedRequest* r, int64_t* budget, int64_t* prefill_left, StepPlan* plan);
   int32_t take_slot();
 
   SchedulerConfig cfg_;
