@@ -42,4 +42,8 @@ const AttnKernels& attn_kernels_w16_test();
 void flash_attention_with(const AttnKernels& kern, const float* q, const float* k, const float* v,
                           int64_t kv_stride, float* out, const AttnShape& s, float* lse);
 
+// Portable online-softmax tile update with an explicit row stride (attention.cpp).
+void online_softmax_rows_portable(float* S, int64_t lds, int64_t M, const int32_t* n_valid,
+                                  float* m, float* l, float* acc, int64_t D);
+
 }  // namespace qwen::ops::detail

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/cpu.h"
+#include "ops/attention_kernels.h"
 #include "qwen/error.h"
 
 namespace qwen::ops {
@@ -61,28 +62,7 @@ void scores_portable(const float* Qs, int64_t M, int64_t D, const float* Kt, int
 
 void softmax_portable(float* S, int64_t lds, int64_t M, const int32_t* n_valid, float* m,
                       float* l, float* acc, int64_t D) {
-  for (int64_t r = 0; r < M; ++r) {
-    float* s = S + r * lds;
-    const int64_t nv = n_valid[r];
-    if (nv <= 0) {
-      std::fill(s, s + lds, 0.0f);
-      continue;
-    }
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, s[j]);
-    const float m_new = std::max(m[r], mx);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < nv; ++j) {
-      s[j] = std::exp2(s[j] - m_new);
-      sum += s[j];
-    }
-    for (int64_t j = nv; j < lds; ++j) s[j] = 0.0f;
-    const float alpha = std::exp2(m[r] - m_new);
-    l[r] = l[r] * alpha + sum;
-    m[r] = m_new;
-    if (alpha != 1.0f)
-      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
-  }
+  detail::online_softmax_rows_portable(S, lds, M, n_valid, m, l, acc, D);
 }
 
 void pv_portable(const float* P, int64_t lds, int64_t M, int64_t nk, const float* Vb, int64_t D,
