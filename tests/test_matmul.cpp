@@ -72,6 +72,21 @@ struct Path {
     p.C = Y, p.ldc = N, p.alpha = 1.0f, p.beta = acc ? 1.0f : 0.0f;
     qwen::ops::detail::avx512_emulated::gemm(p);
   }
+  // The same product on the weight pre-packed for this path (pack_weight + matmul_packed; for
+  // the emulated path, the AVX-512 panel layout fed to the emulated kernels).
+  void matmul_packed(const float* X, const void* W, DType wt, float* Y, int64_t M, int64_t N,
+                     int64_t K, bool acc) const {
+    if (!emulated) {
+      const auto P = qwen::ops::pack_weight(W, wt, N, K, isa);
+      return qwen::ops::matmul_packed(X, *P, Y, M, acc);
+    }
+    const auto P = qwen::ops::detail::pack_weight_layout(W, wt, N, K, 32, KernelIsa::Avx512);
+    if (M == 1) return qwen::ops::detail::avx512_emulated::matvec_packed(*P, X, Y, acc);
+    qwen::ops::detail::GemmProblem p;
+    p.M = M, p.N = N, p.K = K, p.A = X, p.lda = K, p.packed = P.get();
+    p.C = Y, p.ldc = N, p.alpha = 1.0f, p.beta = acc ? 1.0f : 0.0f;
+    qwen::ops::detail::avx512_emulated::gemm(p);
+  }
   void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
             int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) const {
     if (!emulated)
@@ -160,15 +175,20 @@ void check_matmul(const std::vector<Path>& ps, DType wt, int64_t M, int64_t N, i
     }
   auto sum_abs = [&](int64_t m, int64_t n) { return S[m * N + n]; };
   auto old_term = [&](int64_t m, int64_t n) { return acc ? double(Y0[m * N + n]) : 0.0; };
-  for (const Path& path : ps) {
-    std::vector<float> Y(Y0);
-    Y.resize(Y0.size() + 64, 123.0f);  // guard after Y must stay untouched
-    path.matmul(Xp.data(), W.bytes.data(), wt, Y.data(), M, N, K, acc);
-    const std::string ctx = "matmul " + where(path, wt, M, N, K, acc);
-    expect_close(Y.data(), R.data(), M, N, N, K, sum_abs, old_term, ctx);
-    for (size_t i = Y0.size(); i < Y.size(); ++i)
-      ASSERT_EQ(Y[i], 123.0f) << ctx << ": wrote past the end of Y";
-  }
+  for (const Path& path : ps)
+    for (bool packed : {false, true}) {
+      std::vector<float> Y(Y0);
+      Y.resize(Y0.size() + 64, 123.0f);  // guard after Y must stay untouched
+      if (packed)
+        path.matmul_packed(Xp.data(), W.bytes.data(), wt, Y.data(), M, N, K, acc);
+      else
+        path.matmul(Xp.data(), W.bytes.data(), wt, Y.data(), M, N, K, acc);
+      const std::string ctx =
+          std::string(packed ? "matmul_packed " : "matmul ") + where(path, wt, M, N, K, acc);
+      expect_close(Y.data(), R.data(), M, N, N, K, sum_abs, old_term, ctx);
+      for (size_t i = Y0.size(); i < Y.size(); ++i)
+        ASSERT_EQ(Y[i], 123.0f) << ctx << ": wrote past the end of Y";
+    }
 }
 
 TEST(Matmul, ReportsPaths) {
@@ -267,6 +287,84 @@ TEST(Matmul, PublicEntryPoints) {
   expect_close(y.data(), r.data(), 1, N, N, K, sum_abs, zero, "public matvec");
 }
 
+// Batch invariance: on a packed weight, row m of X·Wᵀ is bit-identical whatever the batch it is
+// computed in (M = 1, the packed matvec, included), and equal to the unpacked GEMM's row for
+// M >= 2 — the serving engine relies on a request's logits not depending on its companions.
+// Shapes cross the k blocks (AVX2 KC = 768, AVX-512 KC = 256), the row blocks and both thread
+// splits; the weight is random, so any change of summation order shows in the low bits.
+TEST(MatmulPacked, RowsAreBitIdenticalAcrossBatchSizes) {
+  std::mt19937 rng(31);
+  const std::vector<Path> ps = paths();
+  for (DType wt : {DType::F32, DType::BF16, DType::F16})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{45, 801}, {530, 40}, {16, 33}}) {
+      const int64_t Mmax = 270;
+      const std::vector<float> X = randn(size_t(Mmax * K), rng);
+      const Weights W = make_weights(randn(size_t(N * K), rng, 0.5f), wt);
+      const std::vector<float> Y0 = randn(size_t(Mmax * N), rng);
+      for (const Path& path : ps)
+        for (bool acc : {false, true}) {
+          const std::string ctx = where(path, wt, Mmax, N, K, acc);
+          std::vector<float> big(Y0), raw(Y0);
+          path.matmul_packed(X.data(), W.bytes.data(), wt, big.data(), Mmax, N, K, acc);
+          path.matmul(X.data(), W.bytes.data(), wt, raw.data(), Mmax, N, K, acc);
+          ASSERT_EQ(big, raw) << ctx << ": packed and unpacked GEMM rows differ";
+          // Batches of 1..17 rows taken from the middle of X must reproduce the big batch's rows.
+          for (int64_t M : {1, 2, 3, 5, 16, 17}) {
+            const int64_t m0 = 101;
+            std::vector<float> y(Y0.begin() + m0 * N, Y0.begin() + (m0 + M) * N);
+            path.matmul_packed(X.data() + m0 * K, W.bytes.data(), wt, y.data(), M, N, K, acc);
+            for (int64_t i = 0; i < M * N; ++i)
+              ASSERT_EQ(y[size_t(i)], big[size_t(m0 * N + i)])
+                  << ctx << ": row " << i / N << " of a batch of " << M << " differs";
+            if (M >= 2) {  // the unpacked GEMM agrees for M >= 2 too
+              std::vector<float> z(Y0.begin() + m0 * N, Y0.begin() + (m0 + M) * N);
+              path.matmul(X.data() + m0 * K, W.bytes.data(), wt, z.data(), M, N, K, acc);
+              ASSERT_EQ(z, y) << ctx << ": unpacked batch of " << M << " differs";
+            }
+          }
+        }
+    }
+}
+
+// prepack_weight files the packed copy under W: the public matmul and matvec then return exactly
+// matmul_packed's result; a different shape or dtype under the same pointer, or a released
+// weight, goes back to the unpacked path.
+TEST(MatmulPacked, RegistryRoutesPublicCalls) {
+  std::mt19937 rng(8);
+  const int64_t M = 9, N = 45, K = 70;
+  const KernelIsa best = qwen::ops::best_kernel_isa();
+  const std::vector<float> X = randn(size_t(M * K), rng);
+  const Weights W = make_weights(randn(size_t(N * K), rng), DType::BF16);
+  const void* w = W.bytes.data();
+  const auto P = qwen::ops::pack_weight(w, DType::BF16, N, K, best);
+  const size_t n = static_cast<size_t>(N), mn = static_cast<size_t>(M * N);
+  std::vector<float> want(mn), want1(n), raw1(n), got(mn), got1(n);
+  qwen::ops::matmul_packed(X.data(), *P, want.data(), M);
+  qwen::ops::matmul_packed(X.data(), *P, want1.data(), 1);
+  qwen::ops::matvec_isa(best, w, DType::BF16, X.data(), raw1.data(), N, K);
+  EXPECT_GE(qwen::ops::packed_weight_bytes(*P), size_t(N * K * 2));
+  {
+    qwen::ops::PrepackedWeightGuard guard(w, DType::BF16, N, K);
+    EXPECT_NE(qwen::ops::find_prepacked_weight(w, DType::BF16, N, K), nullptr);
+    EXPECT_EQ(qwen::ops::find_prepacked_weight(w, DType::BF16, N - 1, K), nullptr);
+    EXPECT_EQ(qwen::ops::find_prepacked_weight(w, DType::F16, N, K), nullptr);
+    qwen::ops::matmul(X.data(), w, DType::BF16, got.data(), M, N, K);
+    EXPECT_EQ(got, want);
+    qwen::ops::matvec(w, DType::BF16, X.data(), got1.data(), N, K);
+    EXPECT_EQ(got1, want1);
+    // The first 44 rows of W under the same pointer: not the registered shape, so unpacked.
+    std::vector<float> part(size_t(M * 44)), part_ref(size_t(M * 44));
+    qwen::ops::matmul(X.data(), w, DType::BF16, part.data(), M, 44, K);
+    qwen::ops::matmul_isa(best, X.data(), w, DType::BF16, part_ref.data(), M, 44, K);
+    EXPECT_EQ(part, part_ref);
+  }
+  EXPECT_EQ(qwen::ops::find_prepacked_weight(w, DType::BF16, N, K), nullptr);
+  qwen::ops::matvec(w, DType::BF16, X.data(), got1.data(), N, K);
+  EXPECT_EQ(got1, raw1);  // released: the unpacked matvec again
+  EXPECT_THROW(qwen::ops::pack_weight(w, DType::I32, N, K), qwen::Error);
+  EXPECT_THROW(qwen::ops::pack_weight(w, DType::F32, 0, K), qwen::Error);
+}
+
 // One random strided problem, reference and bound computed once, run through every path.
 void check_gemm(const std::vector<Path>& ps, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
                 float alpha, float beta, std::mt19937& rng) {
@@ -332,6 +430,21 @@ TEST(GemmF32, CrossesBlockBoundaries) {
       check_gemm(paths(), ta, tb, 270, 530, 300, 1.0f, 0.5f, rng);
       check_gemm(paths(), ta, tb, 23, 70, 1700, -1.0f, 0.0f, rng);
     }
+}
+
+// Tall and wide problems: the threads split rows or columns (cost model), row blocks repeat,
+// so B is packed once up front; on one thread too.
+TEST(GemmF32, BothThreadSplitsAndUpFrontB) {
+  std::mt19937 rng(779);
+  const int saved = qwen::num_threads();
+  for (int threads : {1, 2})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        qwen::set_num_threads(threads);
+        check_gemm(paths(), ta, tb, 461, 37, 129, 1.0f, 1.0f, rng);
+        check_gemm(paths(), ta, tb, 30, 300, 811, 0.5f, 0.0f, rng);
+      }
+  qwen::set_num_threads(saved);
 }
 
 TEST(GemmF32, DegenerateSizes) {

@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "core/cpu.h"
 #include "generate/generator.h"
+#include "io/gguf_tokenizer.h"
 #include "model/decoder.h"
 #include "model/model.h"
 #include "qwen/error.h"
@@ -90,10 +91,6 @@ std::string human_bytes(double b) {
   else if (b >= 1 << 20) std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1 << 20));
   else std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024);
   return buf;
-}
-
-bool has_tokenizer(const std::string& dir) {
-  return fs::exists(fs::path(dir) / "tokenizer.json");
 }
 
 // Built-in shapes for `qwen init`, named after their parameter count.
@@ -211,7 +208,7 @@ void cmd_generate(const GenArgs& a) {
   auto m = load_model(a.m);
   const ModelConfig& c = m->config();
   std::unique_ptr<Tokenizer> tok;
-  if (has_tokenizer(a.m.model)) tok = std::make_unique<Tokenizer>(Tokenizer::from_dir(a.m.model));
+  tok = io::load_model_tokenizer(a.m.model);  // tokenizer.json, or the GGUF file's own
   std::vector<int32_t> prompt;
   if (!a.prompt.empty()) {
     if (!tok)
@@ -288,14 +285,28 @@ void cmd_generate(const GenArgs& a) {
 // Mean next-token cross-entropy over a token sequence. Sequences longer than the context are
 // scored with overlapping windows: each window scores only the tokens the previous one did not,
 // with up to (context - stride) tokens of left context.
-void cmd_eval(const ModelArgs& a, const std::string& ids_file, int64_t context_arg,
-              int64_t stride_arg, bool as_json) {
-  std::ifstream f(ids_file);
-  if (!f) throw Error("cannot open --ids-file '" + ids_file + "'");
+// --text FILE is tokenised with the model folder's tokenizer (special tokens as the tokenizer
+// adds them, as `qwen data prepare` does).
+void cmd_eval(const ModelArgs& a, const std::string& ids_file, const std::string& text_file,
+              int64_t context_arg, int64_t stride_arg, bool as_json) {
+  if (ids_file.empty() == text_file.empty())
+    throw Error("give exactly one of --ids-file F (token ids) or --text F (UTF-8 text)");
+  const std::string& src = ids_file.empty() ? text_file : ids_file;
+  std::ifstream f(src, std::ios::binary);
+  if (!f) throw Error("cannot open " + std::string(ids_file.empty() ? "--text" : "--ids-file") + " '" + src + "'");
   std::stringstream ss;
   ss << f.rdbuf();
-  std::vector<int32_t> ids = parse_ids(ss.str(), ids_file);
-  if (ids.size() < 2) throw Error(ids_file + ": needs at least 2 token ids to score");
+  std::vector<int32_t> ids;
+  if (!ids_file.empty()) {
+    ids = parse_ids(ss.str(), ids_file);
+  } else {
+    auto tk = io::load_model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
+    if (!tk)
+      throw Error("--text needs tokenizer.json in '" + a.model + "' (or a GGUF file with a tokenizer); tokenise yourself and use --ids-file");
+    set_num_threads(a.threads);
+    ids = tk->encode(ss.str(), true);
+  }
+  if (ids.size() < 2) throw Error(src + ": needs at least 2 tokens to score");
   auto m = load_model(a);
   const ModelConfig& c = m->config();
   const int64_t V = c.vocab_size;
@@ -479,15 +490,16 @@ void add_model_commands(CLI::App& app) {
   {
     auto* c = app.add_subcommand("eval", "cross-entropy and perplexity of a token sequence");
     static ModelArgs a;
-    static std::string ids_file;
+    static std::string ids_file, text_file;
     static int64_t context = 0, stride = 0;
     static bool j = false;
     add_model_args(c, a);
-    c->add_option("--ids-file", ids_file, "token ids, whitespace- or comma-separated")->required();
+    c->add_option("--ids-file", ids_file, "token ids, whitespace- or comma-separated");
+    c->add_option("--text", text_file, "UTF-8 text, tokenised with the model folder's tokenizer");
     c->add_option("--context", context, "window length (default: the model's context)");
     c->add_option("--stride", stride, "window step when the text is longer (default context/2)");
     c->add_flag("--json", j, "print {\"loss\", \"perplexity\", \"tokens\"} as JSON");
-    c->callback([&]() { cmd_eval(a, ids_file, context, stride, j); });
+    c->callback([&]() { cmd_eval(a, ids_file, text_file, context, stride, j); });
   }
   {
     auto* c = app.add_subcommand("bench", "prefill and decode speed, peak memory");

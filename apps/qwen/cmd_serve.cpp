@@ -13,6 +13,7 @@
 
 #include "commands.h"
 #include "core/cpu.h"
+#include "io/gguf_tokenizer.h"
 #include "model/model.h"
 #include "qwen/error.h"
 #include "qwen/tokenizer.h"
@@ -95,8 +96,8 @@ void cmd_serve(const ServeArgs& a) {
     model = Model::load(a.model, &dt);
   }
   std::unique_ptr<Tokenizer> tok;
-  if (fs::exists(fs::path(a.model) / "tokenizer.json")) {
-    tok = std::make_unique<Tokenizer>(Tokenizer::from_dir(a.model));
+  tok = io::load_model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
+  if (tok) {
     if (tok->vocab_size() > model->config().vocab_size)
       throw Error("the tokenizer in '" + a.model + "' has " + std::to_string(tok->vocab_size()) +
                   " tokens but the model's vocab_size is " +

@@ -9,5 +9,8 @@ namespace qwen::cli {
 void add_model_commands(CLI::App& app);      // info, generate, eval, bench (cmd_model.cpp)
 void add_tokenizer_commands(CLI::App& app);  // tokenizer encode|decode|train (cmd_tokenizer.cpp)
 void add_serve_commands(CLI::App& app);      // serve (cmd_serve.cpp)
+void add_quantize_commands(CLI::App& app);   // quantize (cmd_quantize.cpp)
+void add_train_commands(CLI::App& app);      // data prepare, train (cmd_train.cpp)
+void add_gguf_commands(CLI::App& app);       // export, chat (cmd_gguf.cpp)
 
 }  // namespace qwen::cli

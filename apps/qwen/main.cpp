@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   qwen::cli::add_model_commands(app);
   qwen::cli::add_tokenizer_commands(app);
   qwen::cli::add_serve_commands(app);
+  qwen::cli::add_quantize_commands(app);
+  qwen::cli::add_train_commands(app);
+  qwen::cli::add_gguf_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -53,6 +53,13 @@ struct ModelConfig {
   double initializer_range = 0.02;
   std::string hidden_act = "silu";
 
+  // mHC / HC residual streams (docs/mhc.md, issue 6). Keys are written to config.json only when
+  // use_mhc is true, so a plain model stays a pure Hugging Face folder.
+  bool use_mhc = false;
+  int64_t mhc_num_streams = 4;     // n, 1..16
+  int64_t mhc_sinkhorn_iters = 20; // Sinkhorn steps per H_res (mHC mode)
+  std::string mhc_mode = "mhc";    // "mhc" (manifold-constrained) | "hc" (tanh HC baseline)
+
   // Parse a config.json text / file. Throws qwen::Error naming the key and the file on bad
   // input (missing required key, wrong type, unknown architecture or rope type, H % KV != 0).
   static ModelConfig from_json(const std::string& text, const std::string& where = "config.json");

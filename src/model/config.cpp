@@ -302,6 +302,14 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& w
     }
   }
 
+  // mHC keys: honoured only with use_mhc (a stray key in a plain config changes nothing).
+  c.use_mhc = top.bool_or("use_mhc", false);
+  if (c.use_mhc) {
+    c.mhc_num_streams = top.int_or("mhc_num_streams", 4);
+    c.mhc_sinkhorn_iters = top.int_or("mhc_sinkhorn_iters", 20);
+    c.mhc_mode = top.str_or("mhc_mode", "mhc");
+  }
+
   parse_rope(top, &c, where);
   c.validate(where);
   return c;
@@ -344,6 +352,16 @@ void ModelConfig::validate(const std::string& where) const {
   if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
     bad("rms_norm_eps must be a positive number");
   if (!(rope_theta > 0) || !std::isfinite(rope_theta)) bad("rope_theta must be a positive number");
+  if (use_mhc) {
+    if (mhc_num_streams < 1 || mhc_num_streams > 16)
+      bad("mhc_num_streams = " + std::to_string(mhc_num_streams) +
+          " must be in [1, 16] (4 is the paper's choice)");
+    if (mhc_sinkhorn_iters < 1 || mhc_sinkhorn_iters > 10000)
+      bad("mhc_sinkhorn_iters = " + std::to_string(mhc_sinkhorn_iters) +
+          " must be in [1, 10000] (20 is the paper's choice)");
+    if (mhc_mode != "mhc" && mhc_mode != "hc")
+      bad("mhc_mode '" + mhc_mode + "' is unknown; use \"mhc\" or \"hc\"");
+  }
 
   const RopeScaling& s = rope_scaling;
   const std::string& t = s.type;
@@ -414,6 +432,13 @@ std::string ModelConfig::to_json() const {
   if (model_type == "llama") {
     j["mlp_bias"] = mlp_bias;
     j["pretraining_tp"] = 1;
+  }
+
+  if (use_mhc) {
+    j["use_mhc"] = true;
+    j["mhc_num_streams"] = mhc_num_streams;
+    j["mhc_sinkhorn_iters"] = mhc_sinkhorn_iters;
+    j["mhc_mode"] = mhc_mode;
   }
 
   const RopeScaling& s = rope_scaling;

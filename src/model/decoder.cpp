@@ -9,8 +9,10 @@
 
 #include "model/rope.h"
 #include "ops/attention.h"
+#include "ops/quant.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/mhc.h"
 #include "qwen/error.h"
 
 namespace qwen {
@@ -43,11 +45,21 @@ Decoder::Decoder(const Model& m, int64_t max_tokens) : m_(m), max_tokens_(max_to
   g_.resize(T * size_t(c.intermediate_size));
   u_.resize(T * size_t(c.intermediate_size));
   pos_.resize(T);
+  int64_t max_r = 0;
+  for (const LayerWeights& L : m.layers())
+    for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      if (l->lora) max_r = std::max(max_r, l->lora->r);
+  lora_t_.resize(T * size_t(max_r));
+  if (c.use_mhc) {
+    streams_.resize(T * size_t(c.mhc_num_streams * c.hidden_size));
+    coefs_.resize(size_t(ops::mhc_coefs_size(max_tokens, c.mhc_num_streams)));
+  }
 }
 
 size_t Decoder::workspace_bytes() const {
   return 4 * (x_.size() + h_.size() + q_.size() + k_.size() + v_.size() + att_.size() +
-              g_.size() + u_.size() + pos_.size() + cos_.size() + sin_.size());
+              g_.size() + u_.size() + pos_.size() + cos_.size() + sin_.size() + lora_t_.size() +
+              streams_.size() + coefs_.size());
 }
 
 // Tables cover positions [0, max_pos). Dynamic NTK scaling depends on the longest sequence of
@@ -68,6 +80,13 @@ void Decoder::ensure_rope(int64_t max_pos) {
 
 void Decoder::linear(const Linear& l, const float* x, float* y, int64_t rows) {
   ops::matmul(x, l.w, l.dtype, y, rows, l.n_out, l.n_in);
+  if (l.lora) {  // y += scale · (x·Aᵀ)·Bᵀ
+    const LoraDelta& d = *l.lora;
+    ops::gemm_f32(false, true, rows, d.r, l.n_in, 1.0f, x, l.n_in, d.A, l.n_in, 0.0f,
+                  lora_t_.data(), d.r);
+    ops::gemm_f32(false, true, rows, l.n_out, d.r, d.scale, lora_t_.data(), d.r, d.B, d.r, 1.0f,
+                  y, l.n_out);
+  }
   if (l.bias) {
     for (int64_t r = 0; r < rows; ++r) ops::add_inplace(y + r * l.n_out, l.bias, l.n_out);
   }
@@ -109,19 +128,44 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
   // Embedding rows -> x (M, C).
   {
     int64_t r = 0;
-    const size_t row_bytes = size_t(C) * dtype_size(m_.embed_dtype());
+    const DType et = m_.embed_dtype();
+    const size_t row_bytes = dtype_row_bytes(et, C);
     for (size_t i = 0; i < n_chunks; ++i)
       for (int64_t t = 0; t < chunks[i].n_tokens; ++t, ++r) {
         const uint8_t* src = static_cast<const uint8_t*>(m_.embed()) + size_t(chunks[i].tokens[t]) * row_bytes;
-        convert_to_f32(src, m_.embed_dtype(), x_.data() + r * C, size_t(C));
+        if (dtype_is_quantized(et))
+          ops::dequantize_row(et, src, x_.data() + r * C, C);
+        else
+          convert_to_f32(src, et, x_.data() + r * C, size_t(C));
       }
   }
 
   float* x = x_.data();
   float* h = h_.data();
+  // Residual bookkeeping around each sub-layer F (input x (M, C), output h (M, C)): plain
+  // x += h, or with mHC the streams X (M, n, C): x = u = Σ h_pre·X before, X = H_res·X + h_post·h
+  // after.
+  const bool mhc = c.use_mhc;
+  const ops::MhcDims md = mhc ? mhc_dims(c) : ops::MhcDims{};
+  float* X = streams_.data();
+  const ops::MhcCoefs<float> co =
+      mhc ? ops::mhc_coefs_view(coefs_.data(), M, md.n) : ops::MhcCoefs<float>{};
+  if (mhc) ops::mhc_expand(x, M, md.n, C, X);
+  auto site_in = [&](const MhcSiteWeights& w) {
+    if (!mhc) return;
+    ops::mhc_coefficients_forward(md, ops::MhcParams<float>{w.phi, w.bias, w.alpha}, X, M, co);
+    ops::mhc_pre_aggregate(md, X, co.h_pre, M, x);
+  };
+  auto site_out = [&]() {
+    if (mhc)
+      ops::mhc_post_merge(md, X, co.h_res, co.h_post, h, M, X);
+    else
+      ops::add_inplace(x, h, M * C);
+  };
   for (size_t l = 0; l < m_.layers().size(); ++l) {
     const LayerWeights& L = m_.layers()[l];
     // Attention block.
+    site_in(L.attn_hc);
     ops::rmsnorm(x, L.attn_norm, h, M, C, eps);
     linear(L.q, h, q_.data(), M);   // (M, H·D)
     linear(L.k, h, k_.data(), M);   // (M, KV·D)
@@ -147,15 +191,17 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
       r0 += ch.n_tokens;
     }
     linear(L.o, att_.data(), h, M);  // (M, C)
-    ops::add_inplace(x, h, M * C);
+    site_out();
     // MLP block.
+    site_in(L.mlp_hc);
     ops::rmsnorm(x, L.mlp_norm, h, M, C, eps);
     linear(L.gate, h, g_.data(), M);  // (M, F)
     linear(L.up, h, u_.data(), M);    // (M, F)
     ops::swiglu(g_.data(), u_.data(), g_.data(), M * F);
     linear(L.down, g_.data(), h, M);  // (M, C)
-    ops::add_inplace(x, h, M * C);
+    site_out();
   }
+  if (mhc) ops::mhc_collapse(X, M, md.n, C, x);  // streams summed before the final norm
   for (size_t i = 0; i < n_chunks; ++i) cache.set_len(chunks[i].seq, cache.len(chunks[i].seq) + chunks[i].n_tokens);
 
   if (mode == LogitsMode::kNone) return;

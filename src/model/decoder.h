@@ -2,6 +2,9 @@
 // any number of sequences' new tokens (prefill chunks and single decode tokens alike) through
 // shared matrix multiplies, attends each sequence to its own cached keys, and returns logits.
 // All buffers are sized at construction from the config; forward() does not allocate.
+// With use_mhc (docs/mhc.md) the residual is n streams (T, n, C) per token: the embedding is
+// copied into every stream, each sub-layer reads u = Σ h_pre·X and writes X = H_res·X + h_post·F(u)
+// (ops/mhc.h), and the streams are summed before the final norm.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -87,6 +90,9 @@ class Decoder {
   std::vector<float> x_, h_, q_, k_, v_, att_, g_, u_;
   std::vector<int32_t> pos_;
   std::vector<float> cos_, sin_;
+  std::vector<float> lora_t_;  // (max_tokens, max LoRA rank) x·Aᵀ of an adapter
+  std::vector<float> streams_;  // mHC: (max_tokens, n, C) residual streams
+  std::vector<float> coefs_;    // mHC: ops::mhc_coefs_size(max_tokens, n)
   int64_t rope_len_ = 0;       // positions covered by the tables
   int64_t rope_seq_len_ = -1;  // seq_len the tables were computed for (dynamic rope)
 };

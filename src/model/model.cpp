@@ -9,6 +9,8 @@
 #include <map>
 
 #include "core/rng.h"
+#include "io/gguf_model.h"
+#include "io/quantized_folder.h"
 #include "io/safetensors.h"
 #include "qwen/error.h"
 
@@ -22,6 +24,20 @@ static std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
+}
+
+ops::MhcDims mhc_dims(const ModelConfig& c) {
+  ops::MhcDims d;
+  d.n = c.mhc_num_streams;
+  d.C = c.hidden_size;
+  d.iters = int(c.mhc_sinkhorn_iters);
+  d.eps = c.rms_norm_eps;
+  d.mode = c.mhc_mode == "hc" ? ops::HcMode::Hc : ops::HcMode::Mhc;
+  return d;
+}
+
+static bool is_mhc_tensor(const std::string& name) {
+  return name.find(".attn_hc.") != std::string::npos || name.find(".mlp_hc.") != std::string::npos;
 }
 
 void Model::FreeDeleter::operator()(void* p) const { std::free(p); }
@@ -70,8 +86,39 @@ const void* Model::take(const std::string& name, std::vector<int64_t> shape, boo
   return dst;
 }
 
+std::unique_ptr<Model> Model::from_weights(const ModelConfig& cfg, std::shared_ptr<void> keep,
+                                           const void* embed, DType embed_dtype,
+                                           const float* final_norm, const Linear& lm_head,
+                                           std::vector<LayerWeights> layers) {
+  cfg.validate();
+  assert(int64_t(layers.size()) == cfg.num_hidden_layers);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const bool has = layers[i].attn_hc.phi && layers[i].mlp_hc.phi;
+    if (cfg.use_mhc && !has)
+      throw Error("config sets use_mhc but layer " + std::to_string(i) +
+                  " has no mHC site weights (attn_hc / mlp_hc); this loader does not support mHC");
+  }
+  std::unique_ptr<Model> m(new Model());
+  m->cfg_ = cfg;
+  m->keep_ = std::move(keep);
+  m->embed_ = embed;
+  m->embed_dtype_ = embed_dtype;
+  m->final_norm_ = final_norm;
+  m->lm_head_ = lm_head;
+  m->layers_ = std::move(layers);
+  return m;
+}
+
 std::unique_ptr<Model> Model::load(const std::string& dir, const DType* weight_dtype) {
+  if (dir.size() > 5 && dir.substr(dir.size() - 5) == ".gguf") {
+    if (weight_dtype) throw Error("--dtype cannot convert a GGUF model's weights; leave it out");
+    return io::load_gguf_model(dir);
+  }
   if (!fs::is_directory(dir)) throw Error("model folder '" + dir + "' does not exist");
+  if (io::is_quantized_folder(dir)) {
+    if (weight_dtype) throw Error("--dtype cannot convert a quantised model folder; leave it out");
+    return io::load_quantized_folder(dir);
+  }
   std::unique_ptr<Model> m(new Model());
   m->cfg_ = ModelConfig::from_file((fs::path(dir) / "config.json").string());
   m->ckpt_ = io::Checkpoint::open(dir);
@@ -101,10 +148,36 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const DType* weight_d
   } else {
     m->lm_head_ = lin("lm_head", V, C, false);
   }
+  if (!c.use_mhc) {
+    for (const std::string& n : m->ckpt_->names())
+      if (is_mhc_tensor(n))
+        throw Error("checkpoint tensor '" + n + "' belongs to an mHC model but " + dir +
+                    "/config.json does not set use_mhc; add \"use_mhc\": true (and its "
+                    "mhc_num_streams) or use the matching config");
+  }
+  const ops::MhcDims md = mhc_dims(c);
+  auto site = [&](const std::string& n) {
+    MhcSiteWeights s;
+    auto get = [&](const std::string& key, std::vector<int64_t> shape) {
+      if (!m->ckpt_->find(key))
+        throw Error("config.json sets use_mhc but the checkpoint is missing tensor '" + key +
+                    "' (expected shape " + shape_str(shape) +
+                    "); was it saved from a plain model? drop use_mhc or use the mHC checkpoint");
+      return static_cast<const float*>(m->take(key, shape, false, nullptr));
+    };
+    s.phi = get(n + ".phi", {md.phi_rows(), md.phi_cols()});
+    s.bias = get(n + ".bias", {md.K()});
+    s.alpha = get(n + ".alpha", {3});
+    return s;
+  };
   m->layers_.resize(size_t(c.num_hidden_layers));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights& L = m->layers_[size_t(i)];
+    if (c.use_mhc) {
+      L.attn_hc = site(p + "attn_hc");
+      L.mlp_hc = site(p + "mlp_hc");
+    }
     L.attn_norm = vec(p + "input_layernorm.weight", C);
     L.q = lin(p + "self_attn.q_proj", c.q_dim(), C, c.qkv_bias);
     L.k = lin(p + "self_attn.k_proj", c.kv_dim(), C, c.qkv_bias);
@@ -177,6 +250,21 @@ std::unique_ptr<Model> Model::random(const ModelConfig& cfg, uint64_t seed, DTyp
   } else {
     m->lm_head_ = lin(V, C, false);
   }
+  if (cfg.use_mhc) {  // after every other draw: the plain weights do not depend on use_mhc
+    const ops::MhcDims md = mhc_dims(cfg);
+    ops::MhcInitOptions o;
+    o.phi_std = float(cfg.initializer_range);
+    o.seed = seed ^ 0x6d6863ull;  // "mhc"
+    for (size_t l = 0; l < m->layers_.size(); ++l) {
+      for (int s = 0; s < 2; ++s) {
+        auto* phi = static_cast<float*>(m->alloc(size_t(md.phi_size()) * 4));
+        auto* bias = static_cast<float*>(m->alloc(size_t(md.K()) * 4));
+        auto* alpha = static_cast<float*>(m->alloc(3 * 4));
+        ops::mhc_init_site(md, int64_t(2 * l + size_t(s)), o, phi, bias, alpha);
+        (s == 0 ? m->layers_[l].attn_hc : m->layers_[l].mlp_hc) = MhcSiteWeights{phi, bias, alpha};
+      }
+    }
+  }
   return m;
 }
 
@@ -207,6 +295,16 @@ std::vector<Model::NamedTensor> Model::named_tensors() const {
     lin(p + "mlp.gate_proj", L.gate);
     lin(p + "mlp.up_proj", L.up);
     lin(p + "mlp.down_proj", L.down);
+    if (cfg_.use_mhc) {
+      const ops::MhcDims md = mhc_dims(cfg_);
+      for (int s = 0; s < 2; ++s) {
+        const MhcSiteWeights& w = s == 0 ? L.attn_hc : L.mlp_hc;
+        const std::string n = p + (s == 0 ? "attn_hc" : "mlp_hc");
+        out.push_back({n + ".phi", DType::F32, {md.phi_rows(), md.phi_cols()}, w.phi});
+        vec(n + ".bias", w.bias, md.K());
+        vec(n + ".alpha", w.alpha, 3);
+      }
+    }
   }
   vec("model.norm.weight", final_norm_, C);
   if (!cfg_.tie_word_embeddings) lin("lm_head", lm_head_);
@@ -226,9 +324,9 @@ int64_t Model::num_parameters() const {
 size_t Model::weight_bytes() const {
   size_t n = 0;
   for (const auto& t : named_tensors()) {
-    size_t e = dtype_size(t.dtype);
-    for (int64_t d : t.shape) e *= size_t(d);
-    n += e;
+    int64_t e = 1;
+    for (int64_t d : t.shape) e *= d;
+    n += dtype_row_bytes(t.dtype, e);
   }
   return n;
 }
@@ -242,15 +340,19 @@ static const char* torch_dtype_name(DType t) {
 }
 
 void Model::save(const std::string& dir, size_t max_shard_bytes) const {
-  fs::create_directories(dir);
   const DType wdt = matrix_dtype();
+  if (dtype_is_quantized(wdt) || dtype_is_quantized(embed_dtype_))
+    throw Error(std::string("cannot save a ") + dtype_name(wdt) +
+                " model as a plain Hugging Face folder; save it as a quantised folder instead");
+  fs::create_directories(dir);
   // Vectors (norms, biases) are saved in the matrices' dtype, as transformers does; the
   // converted copies live until the write is done.
   std::vector<std::vector<uint16_t>> half_copies;
   std::vector<io::TensorToWrite> tw;
   for (const auto& t : named_tensors()) {
     io::TensorToWrite w{t.name, t.dtype, t.shape, t.data};
-    if (t.dtype == DType::F32 && wdt != DType::F32 && t.shape.size() == 1) {
+    // mHC site tensors stay f32 whatever the matrices' dtype (spec: all coefficient math in fp32).
+    if (t.dtype == DType::F32 && wdt != DType::F32 && t.shape.size() == 1 && !is_mhc_tensor(t.name)) {
       half_copies.emplace_back(size_t(t.shape[0]));
       convert_from_f32(static_cast<const float*>(t.data), wdt, half_copies.back().data(),
                        size_t(t.shape[0]));

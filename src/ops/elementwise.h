@@ -1,6 +1,7 @@
 // ops/elementwise.h — the small per-token ops of the decoder: RMSNorm, rotary embedding,
-// SwiGLU, residual add, softmax. Each has a plain loop the compiler vectorises; they are a small
-// share of the time next to the matmuls.
+// SwiGLU, residual add, softmax, and the backward passes of RMSNorm, RoPE, SwiGLU and bias for
+// training. Each has a plain loop the compiler vectorises or a SIMD path; they are a small share
+// of the time next to the matmuls.
 #pragma once
 #include <cstdint>
 
@@ -34,5 +35,37 @@ void exp_f32(const float* x, float* y, int64_t n);
 void swiglu_ref(const float* gate, const float* up, float* out, int64_t n);
 void softmax_inplace_ref(float* x, int64_t n);
 void exp_f32_ref(const float* x, float* y, int64_t n);
+
+// ---- Backward passes (training) ----
+// Every gradient output ACCUMULATES (+=), never overwrites, so a tensor read by several ops
+// collects all its gradients. The fast versions (AVX2 when the CPU has it, OpenMP over rows for
+// big inputs) keep a plain-loop *_ref with the same contract, used by tests.
+
+// RMSNorm y = x·r·w, r = 1/sqrt(mean(x²)+eps); dr/dx = −r³·x/C gives
+// dx += r·(w∘dy) − x·r³·mean(x∘w∘dy); dw += Σ_rows dy∘x·r.
+// x, dy, dx (rows, C); w, dw (C). dw may be nullptr (frozen weight). Also serves Qwen3's
+// per-head q/k norms (rows = T·H, C = D). dx must not alias x or dy. The dw sums run over rows in
+// order for every column, so the result does not depend on the thread count.
+void rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                      int64_t rows, int64_t C, float eps);
+void rmsnorm_backward_ref(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                          int64_t rows, int64_t C, float eps);
+
+// RoPE backward, in place on dx (T, n_heads, D): the forward is x' = R·x with R = [c −s; s c]
+// per pair (i, i+D/2), so dx = Rᵀ·dx' = the same rotation with sin -> −sin (the inverse rotation
+// when the tables carry no attention_factor). Same tables and positions as rope_apply.
+void rope_apply_backward(float* dx, int64_t T, int64_t n_heads, int64_t D, const int32_t* positions,
+                         const float* cos_tab, const float* sin_tab);
+
+// SwiGLU out = silu(g)·u, silu(g) = g·σ(g): dg += dout·u·silu'(g), du += dout·silu(g), with
+// silu'(g) = σ(g)(1 + g(1−σ(g))). gate, up, dout, dgate, dup (n); outputs must not alias inputs.
+void swiglu_backward(const float* gate, const float* up, const float* dout, float* dgate,
+                     float* dup, int64_t n);
+void swiglu_backward_ref(const float* gate, const float* up, const float* dout, float* dgate,
+                         float* dup, int64_t n);
+
+// Bias y = x + b broadcast over rows, so db (N) += column sums of dy (rows, N) (summed over rows
+// in order: independent of the thread count).
+void bias_backward(const float* dy, float* db, int64_t rows, int64_t N);
 
 }  // namespace qwen::ops

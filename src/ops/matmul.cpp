@@ -11,13 +11,18 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/cpu.h"
 #include "ops/matmul_internal.h"
+#include "ops/quant.h"
 #include "qwen/error.h"
 
 namespace qwen::ops {
@@ -121,10 +126,16 @@ void matvec_scalar(const void* W, DType wt, const float* x, float* y, int64_t N,
 // into a (N, K) scratch copy, so the inner loop is a contiguous dot product.
 void gemm_scalar(const GemmProblem& p) {
   float* bt = detail::scratch(3, size_t(p.N * p.K));  // (N, K) f32
-  for (int64_t n = 0; n < p.N; ++n)
-    for (int64_t k = 0; k < p.K; ++k)
-      bt[n * p.K + k] = p.b_nk ? weight_at(p.B, p.bt, n * p.ldb + k)
-                               : static_cast<const float*>(p.B)[k * p.ldb + n];
+  if (const PackedWeight* P = p.packed) {
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t k = 0; k < p.K; ++k)
+        bt[n * p.K + k] = weight_at(P->data.get(), P->dt, (n / P->nr * p.K + k) * P->nr + n % P->nr);
+  } else {
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t k = 0; k < p.K; ++k)
+        bt[n * p.K + k] = p.b_nk ? weight_at(p.B, p.bt, n * p.ldb + k)
+                                 : static_cast<const float*>(p.B)[k * p.ldb + n];
+  }
   const bool par = p.M * p.N * p.K >= detail::kParallelMinMacs;
 #pragma omp parallel if (par)
   {
@@ -162,7 +173,123 @@ void run_gemm(KernelIsa isa, const GemmProblem& p) {
   }
 }
 
+// ---- packed weights ----
+
+int panel_width(KernelIsa isa) {
+  return isa == KernelIsa::Avx512 ? detail::avx512::kNR : detail::avx2::kNR;
+}
+
+// W (N, K) rows -> k-major panels of nr rows (PackedWeight layout); a pure copy of E-sized
+// elements, zero past N. Tiles of 64 k keep the nr source rows' lines in L1 while the
+// destination is written linearly.
+template <class E>
+void pack_panels(const E* W, int64_t N, int64_t K, int nr, E* dst) {
+  const int64_t n_panels = (N + nr - 1) / nr;
+#pragma omp parallel for schedule(static) if (N * K >= detail::kParallelMinMacs)
+  for (int64_t j = 0; j < n_panels; ++j) {
+    E* d = dst + j * K * nr;
+    const int64_t rows = std::min<int64_t>(nr, N - j * nr);
+    for (int64_t k0 = 0; k0 < K; k0 += 64) {
+      const int64_t ke = std::min(K, k0 + 64);
+      for (int64_t k = k0; k < ke; ++k) {
+        E* dk = d + k * nr;
+        for (int64_t c = 0; c < rows; ++c) dk[c] = W[(j * nr + c) * K + k];
+        for (int64_t c = rows; c < nr; ++c) dk[c] = E(0);
+      }
+    }
+  }
+}
+
+struct Registry {
+  std::shared_mutex mu;
+  std::unordered_map<const void*, std::shared_ptr<const PackedWeight>> map;
+  std::atomic<size_t> size{0};
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
 }  // namespace
+
+namespace detail {
+std::shared_ptr<PackedWeight> pack_weight_layout(const void* W, DType wt, int64_t N, int64_t K,
+                                                 int nr, KernelIsa isa) {
+  check_weight_dtype("pack_weight", wt);
+  if (N <= 0 || K <= 0)
+    throw Error("pack_weight: empty weight (N=" + std::to_string(N) + ", K=" + std::to_string(K) +
+                "); pack only matrices with N, K >= 1");
+  auto P = std::make_shared<PackedWeight>();
+  P->N = N, P->K = K, P->dt = wt, P->isa = isa, P->nr = nr;
+  const size_t es = dtype_size(wt);
+  P->bytes = size_t(P->n_panels() * K) * size_t(P->nr) * es;
+  void* mem = std::aligned_alloc(64, (P->bytes + 63) / 64 * 64);
+  if (!mem)
+    throw Error("pack_weight: out of memory for " + std::to_string(P->bytes) +
+                " bytes of packed weight; free memory or do not pre-pack");
+  P->data = std::unique_ptr<uint8_t, void (*)(void*)>(static_cast<uint8_t*>(mem), std::free);
+  if (es == 4)
+    pack_panels(static_cast<const uint32_t*>(W), N, K, P->nr, reinterpret_cast<uint32_t*>(mem));
+  else
+    pack_panels(static_cast<const uint16_t*>(W), N, K, P->nr, reinterpret_cast<uint16_t*>(mem));
+  return P;
+}
+}  // namespace detail
+
+std::shared_ptr<const PackedWeight> pack_weight(const void* W, DType wt, int64_t N, int64_t K,
+                                                KernelIsa isa) {
+  require(isa);
+  return detail::pack_weight_layout(W, wt, N, K, panel_width(isa), isa);
+}
+
+size_t packed_weight_bytes(const PackedWeight& P) { return P.bytes; }
+
+void matmul_packed(const float* X, const PackedWeight& P, float* Y, int64_t M, bool accumulate) {
+  check_dims("matmul_packed", M, P.N, P.K);
+  if (M == 0) return;
+  if (M == 1) {
+    switch (P.isa) {
+      case KernelIsa::Avx512: return detail::avx512::matvec_packed(P, X, Y, accumulate);
+      case KernelIsa::Avx2: return detail::avx2::matvec_packed(P, X, Y, accumulate);
+      case KernelIsa::Scalar: break;  // one-row GEMM below: same order as every other M
+    }
+  }
+  GemmProblem p;
+  p.M = M, p.N = P.N, p.K = P.K;
+  p.A = X, p.lda = P.K, p.trans_a = false;
+  p.packed = &P;
+  p.C = Y, p.ldc = P.N;
+  p.alpha = 1.0f, p.beta = accumulate ? 1.0f : 0.0f;
+  run_gemm(P.isa, p);
+}
+
+void prepack_weight(const void* W, DType wt, int64_t N, int64_t K) {
+  std::shared_ptr<const PackedWeight> P = pack_weight(W, wt, N, K, best_kernel_isa());
+  Registry& r = registry();
+  std::unique_lock lk(r.mu);
+  r.map[W] = std::move(P);
+  r.size.store(r.map.size());
+}
+
+void release_prepacked_weight(const void* W) {
+  Registry& r = registry();
+  std::unique_lock lk(r.mu);
+  r.map.erase(W);
+  r.size.store(r.map.size());
+}
+
+std::shared_ptr<const PackedWeight> find_prepacked_weight(const void* W, DType wt, int64_t N,
+                                                          int64_t K) {
+  Registry& r = registry();
+  if (r.size.load(std::memory_order_relaxed) == 0) return nullptr;
+  std::shared_lock lk(r.mu);
+  const auto it = r.map.find(W);
+  if (it == r.map.end()) return nullptr;
+  const PackedWeight& P = *it->second;
+  if (P.dt != wt || P.N != N || P.K != K || P.isa != best_kernel_isa()) return nullptr;
+  return it->second;
+}
 
 // ---- ISA selection ----
 
@@ -246,11 +373,15 @@ void gemm_f32_isa(KernelIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t 
 
 void matmul(const float* X, const void* W, DType wt, float* Y, int64_t M, int64_t N, int64_t K,
             bool accumulate) {
+  if (dtype_is_quantized(wt)) return matmul_quant(X, W, wt, Y, M, N, K, accumulate);
+  if (const auto P = find_prepacked_weight(W, wt, N, K)) return matmul_packed(X, *P, Y, M, accumulate);
   matmul_isa(best_kernel_isa(), X, W, wt, Y, M, N, K, accumulate);
 }
 
 void matvec(const void* W, DType wt, const float* x, float* y, int64_t N, int64_t K,
             bool accumulate) {
+  if (dtype_is_quantized(wt)) return matvec_quant(W, wt, x, y, N, K, accumulate);
+  if (const auto P = find_prepacked_weight(W, wt, N, K)) return matmul_packed(x, *P, y, 1, accumulate);
   matvec_isa(best_kernel_isa(), W, wt, x, y, N, K, accumulate);
 }
 
@@ -264,6 +395,7 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 
 void matvec_ref(const void* W, DType wt, const float* x, float* y, int64_t N, int64_t K,
                 bool accumulate) {
+  if (dtype_is_quantized(wt)) return quant_kernels(wt).matvec_ref(W, x, y, N, K, accumulate);
   check_weight_dtype("matvec_ref", wt);
   check_dims("matvec_ref", 1, N, K);
   for (int64_t n = 0; n < N; ++n) {
@@ -275,6 +407,7 @@ void matvec_ref(const void* W, DType wt, const float* x, float* y, int64_t N, in
 
 void matmul_ref(const float* X, const void* W, DType wt, float* Y, int64_t M, int64_t N, int64_t K,
                 bool accumulate) {
+  if (dtype_is_quantized(wt)) return quant_kernels(wt).matmul_ref(X, W, Y, M, N, K, accumulate);
   check_weight_dtype("matmul_ref", wt);
   check_dims("matmul_ref", M, N, K);
   for (int64_t m = 0; m < M; ++m)

@@ -88,7 +88,7 @@ inline __m256i lane_mask(int n) {  // lanes < n set (n in 0..8)
 }
 
 struct Traits {
-  static constexpr int NR = 16, MR_MAX = 6;
+  static constexpr int NR = kNR, MR_MAX = 6;
   // Measured on Zen 5 (docs/kernels.md): KC = 768 (the whole K of the 768-wide model, so C is
   // written once) beat 256/384/512 by 3-10% against OpenBLAS in the same runs; the B panel
   // (48 KiB) then streams from L2, which has bandwidth to spare for 64 B per 6 FMA cycles.
@@ -139,6 +139,14 @@ struct Traits {
       }
     }
     const float* B = static_cast<const float*>(p.B);
+    if (nv == NR) {  // full panel: plain loads
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = B + (k0 + k) * p.ldb + n0;
+        _mm256_store_ps(dst + k * NR, _mm256_loadu_ps(src));
+        _mm256_store_ps(dst + k * NR + 8, _mm256_loadu_ps(src + 8));
+      }
+      return;
+    }
     const __m256i m0 = lane_mask(std::min(nv, 8)), m1 = lane_mask(std::max(0, nv - 8));
     for (int64_t k = 0; k < kc; ++k) {
       const float* src = B + (k0 + k) * p.ldb + n0;
@@ -147,19 +155,120 @@ struct Traits {
     }
   }
 
-  template <int MR>
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
+  // Transposed A (K, M): a tile's mr values of one k row, one masked load and one 8-wide store
+  // (its 2 lanes past MR_MAX land on the next k, which overwrites them, or in the tile slack).
+  static void copy_a_t(const float* src, int mr, float* dst) {
+    _mm256_storeu_ps(dst, _mm256_maskload_ps(src, lane_mask(mr)));
+  }
+
+  // One k row of a B (K, N) panel: nv values, zero-padded to 16.
+  static void copy_b_row(const float* src, int nv, float* dst) {
+    if (nv == NR) {
+      _mm256_store_ps(dst, _mm256_loadu_ps(src));
+      _mm256_store_ps(dst + 8, _mm256_loadu_ps(src + 8));
+    } else {
+      _mm256_store_ps(dst, _mm256_maskload_ps(src, lane_mask(std::min(nv, 8))));
+      _mm256_store_ps(dst + 8, _mm256_maskload_ps(src + 8, lane_mask(std::max(0, nv - 8))));
+    }
+  }
+
+  // A packed 16-bit panel run (n values, n % 16 == 0) widened to f32 (exact).
+  // If pf, the same span at pf is prefetched into L2 (one line per 32 values).
+  static void widen_panel(const void* src, DType dt, int64_t n, float* dst, const char* pf) {
+    const __m128i* s = static_cast<const __m128i*>(src);
+    for (int64_t i0 = 0; i0 < n; i0 += 32) {
+      if (pf) _mm_prefetch(pf + i0 * 2, _MM_HINT_T1);
+      for (int64_t i = i0; i < i0 + 32; i += 8) {
+        const __m128i h = _mm_load_si128(s + i / 8);
+        _mm256_store_ps(dst + i, dt == DType::BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(
+                                                         _mm256_cvtepu16_epi32(h), 16))
+                                                   : _mm256_cvtph_ps(h));
+      }
+    }
+  }
+
+  // y[panels lo..hi) (+)= W·x on a packed weight, in the GEMM kernel's summation order (what
+  // kernel<1> computes for a one-row A): per k block, each output summed k by k by FMA from zero,
+  // then stored (first block, no accumulate) or added to y. Four panels at a time: 8 FMA chains.
+  template <DType T, int NP>
+  static void matvec_np(const PackedWeight& P, const float* x, float* y, int64_t j,
+                        bool accumulate) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int64_t k0 = 0; k0 < P.K; k0 += KC) {
+      const int64_t kc = std::min(KC, P.K - k0);
+      const void* base[NP];
+      for (int q = 0; q < NP; ++q) base[q] = P.panel(j + q, k0);
+      __m256 c0[NP], c1[NP];
+      for (int q = 0; q < NP; ++q) c0[q] = c1[q] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+      for (int64_t k = 0; k < kc; ++k) {
+        const __m256 a = _mm256_broadcast_ss(x + k0 + k);
+        for (int q = 0; q < NP; ++q) {
+          c0[q] = _mm256_fmadd_ps(a, load8<T>(base[q], k * NR), c0[q]);
+          c1[q] = _mm256_fmadd_ps(a, load8<T>(base[q], k * NR + 8), c1[q]);
+        }
+      }
+      const bool load_y = accumulate || k0 > 0;
+      for (int q = 0; q < NP; ++q) {
+        const int64_t n0 = (j + q) * NR;
+        const int nv = int(std::min<int64_t>(NR, P.N - n0));
+        float* yq = y + n0;
+        if (nv == NR) {
+          if (load_y) {
+            c0[q] = _mm256_fmadd_ps(one, c0[q], _mm256_loadu_ps(yq));
+            c1[q] = _mm256_fmadd_ps(one, c1[q], _mm256_loadu_ps(yq + 8));
+          }
+          _mm256_storeu_ps(yq, c0[q]);
+          _mm256_storeu_ps(yq + 8, c1[q]);
+        } else {
+          const __m256i m0 = lane_mask(std::min(nv, 8)), m1 = lane_mask(std::max(0, nv - 8));
+          if (load_y) {
+            c0[q] = _mm256_fmadd_ps(one, c0[q], _mm256_maskload_ps(yq, m0));
+            c1[q] = _mm256_fmadd_ps(one, c1[q], _mm256_maskload_ps(yq + 8, m1));
+          }
+          _mm256_maskstore_ps(yq, m0, c0[q]);
+          _mm256_maskstore_ps(yq + 8, m1, c1[q]);
+        }
+      }
+    }
+  }
+
+  template <DType T>
+  static void matvec_panels_t(const PackedWeight& P, const float* x, float* y, int64_t lo,
+                              int64_t hi, bool accumulate) {
+    int64_t j = lo;
+    for (; j + 4 <= hi; j += 4) matvec_np<T, 4>(P, x, y, j, accumulate);
+    for (; j < hi; ++j) matvec_np<T, 1>(P, x, y, j, accumulate);
+  }
+
+  static void matvec_panels(const PackedWeight& P, const float* x, float* y, int64_t lo,
+                            int64_t hi, bool accumulate) {
+    switch (P.dt) {
+      case DType::BF16: return matvec_panels_t<DType::BF16>(P, x, y, lo, hi, accumulate);
+      case DType::F16: return matvec_panels_t<DType::F16>(P, x, y, lo, hi, accumulate);
+      default: return matvec_panels_t<DType::F32>(P, x, y, lo, hi, accumulate);
+    }
+  }
+
+  // A (MR, kc) is row-major with row stride KC (AK = false) or k-major with stride MR_MAX
+  // (AK = true, the transposed-A packing); B panel (kc, 16) k-major.
+  // If PF, the 64-byte line pf + 64·k is prefetched into L2 at step k (the panel after next).
+  template <int MR, bool AK, bool PF>
   static void kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                      float* __restrict C, int64_t ldc, int nv, float alpha, float beta,
-                     bool first) {
+                     bool first, const char* pf) {
     __m256 c0[MR], c1[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
 #pragma GCC unroll 4
     for (int64_t k = 0; k < kc; ++k) {
+      if constexpr (PF) _mm_prefetch(pf + k * NR * 4, _MM_HINT_T1);
       const __m256 b0 = _mm256_load_ps(pb + k * NR), b1 = _mm256_load_ps(pb + k * NR + 8);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_broadcast_ss(pa + r * KC + k);
+        const __m256 a = _mm256_broadcast_ss(AK ? pa + k * MR_MAX + r : pa + r * KC + k);
         c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
         c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
       }
@@ -270,6 +379,10 @@ void matvec_t(const void* W, const float* x, const float* xs, float* y, int64_t 
 }  // namespace
 
 void gemm(const GemmProblem& p) { gemm_run<Traits>(p); }
+
+void matvec_packed(const PackedWeight& P, const float* x, float* y, bool accumulate) {
+  matvec_packed_run<Traits>(P, x, y, accumulate);
+}
 
 void matvec(const void* W, DType wt, const float* x, float* y, int64_t N, int64_t K,
             bool accumulate) {

@@ -83,7 +83,7 @@ inline __m512 load_row16(const void* base, int64_t idx, __mmask16 m) {
 }
 
 struct Traits {
-  static constexpr int NR = 32, MR_MAX = 14;
+  static constexpr int NR = 32, MR_MAX = 14;  // NR: avx512::kNR
   // Not tuned on AVX-512 hardware (the project machine's VM does not expose AVX-512): KC = 256
   // keeps the B panel (32 KiB) in Zen 5's 48 KiB L1, MC = 256 the A block (256 KiB) in L2.
   static constexpr int64_t KC = 256, MC = 256, NC = 512;
@@ -140,19 +140,102 @@ struct Traits {
     }
   }
 
-  // C (MR, nv) (+)= A (MR, kc; row stride KC) · B panel (kc, 32).
-  template <int MR>
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
+  // Transposed A (K, M): a tile's mr values of one k row, one masked load and one masked store.
+  static void copy_a_t(const float* src, int mr, float* dst) {
+    _mm512_mask_storeu_ps(dst, mask16(MR_MAX), _mm512_maskz_loadu_ps(mask16(mr), src));
+  }
+
+  // One k row of a B (K, N) panel: nv values, zero-padded to 32.
+  static void copy_b_row(const float* src, int nv, float* dst) {
+    _mm512_store_ps(dst, _mm512_maskz_loadu_ps(mask16(nv), src));
+    _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(mask16(nv - 16), src + 16));
+  }
+
+  // A packed 16-bit panel run (n values, n % 32 == 0) widened to f32 (exact).
+  // If pf, the same span at pf is prefetched into L2 (one line per 32 values).
+  static void widen_panel(const void* src, DType dt, int64_t n, float* dst, const char* pf) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; i += 16) {
+      if (pf && i % 32 == 0) _mm_prefetch(pf + i * 2, _MM_HINT_T1);
+      const __m256i h = _mm256_maskz_loadu_epi16(__mmask16(0xFFFF), s + i);
+      _mm512_store_ps(dst + i, dt == DType::BF16
+                                   ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                                   : _mm512_cvtph_ps(h));
+    }
+  }
+
+  // y[panels lo..hi) (+)= W·x on a packed weight, in the GEMM kernel's summation order (what
+  // kernel<1> computes for a one-row A). Four panels at a time: 8 FMA chains.
+  template <DType T, int NP>
+  static void matvec_np(const PackedWeight& P, const float* x, float* y, int64_t j,
+                        bool accumulate) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t k0 = 0; k0 < P.K; k0 += KC) {
+      const int64_t kc = std::min(KC, P.K - k0);
+      const void* base[NP];
+      for (int q = 0; q < NP; ++q) base[q] = P.panel(j + q, k0);
+      __m512 c0[NP], c1[NP];
+      for (int q = 0; q < NP; ++q) c0[q] = c1[q] = _mm512_setzero_ps();
+      for (int64_t k = 0; k < kc; ++k) {
+        const __m512 a = _mm512_set1_ps(x[k0 + k]);
+        for (int q = 0; q < NP; ++q) {
+          c0[q] = _mm512_fmadd_ps(a, load_row16<T>(base[q], k * NR, 0xFFFF), c0[q]);
+          c1[q] = _mm512_fmadd_ps(a, load_row16<T>(base[q], k * NR + 16, 0xFFFF), c1[q]);
+        }
+      }
+      const bool load_y = accumulate || k0 > 0;
+      for (int q = 0; q < NP; ++q) {
+        const int64_t n0 = (j + q) * NR;
+        const __mmask16 m0 = mask16(P.N - n0), m1 = mask16(P.N - n0 - 16);
+        float* yq = y + n0;
+        if (load_y) {
+          c0[q] = _mm512_fmadd_ps(one, c0[q], _mm512_maskz_loadu_ps(m0, yq));
+          c1[q] = _mm512_fmadd_ps(one, c1[q], _mm512_maskz_loadu_ps(m1, yq + 16));
+        }
+        _mm512_mask_storeu_ps(yq, m0, c0[q]);
+        _mm512_mask_storeu_ps(yq + 16, m1, c1[q]);
+      }
+    }
+  }
+
+  template <DType T>
+  static void matvec_panels_t(const PackedWeight& P, const float* x, float* y, int64_t lo,
+                              int64_t hi, bool accumulate) {
+    int64_t j = lo;
+    for (; j + 4 <= hi; j += 4) matvec_np<T, 4>(P, x, y, j, accumulate);
+    for (; j < hi; ++j) matvec_np<T, 1>(P, x, y, j, accumulate);
+  }
+
+  static void matvec_panels(const PackedWeight& P, const float* x, float* y, int64_t lo,
+                            int64_t hi, bool accumulate) {
+    switch (P.dt) {
+      case DType::BF16: return matvec_panels_t<DType::BF16>(P, x, y, lo, hi, accumulate);
+      case DType::F16: return matvec_panels_t<DType::F16>(P, x, y, lo, hi, accumulate);
+      default: return matvec_panels_t<DType::F32>(P, x, y, lo, hi, accumulate);
+    }
+  }
+
+  // C (MR, nv) (+)= A (MR, kc) · B panel (kc, 32); A row-major with row stride KC (AK = false)
+  // or k-major with stride MR_MAX (AK = true, the transposed-A packing).
+  // If PF, the two lines at pf + 128·k are prefetched into L2 at step k.
+  template <int MR, bool AK, bool PF>
   static void kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                      float* __restrict C, int64_t ldc, int nv, float alpha, float beta,
-                     bool first) {
+                     bool first, const char* pf) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
+      if constexpr (PF) {
+        _mm_prefetch(pf + k * NR * 4, _MM_HINT_T1);
+        _mm_prefetch(pf + k * NR * 4 + 64, _MM_HINT_T1);
+      }
       const __m512 b0 = _mm512_load_ps(pb + k * NR), b1 = _mm512_load_ps(pb + k * NR + 16);
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
-        const __m512 a = _mm512_set1_ps(pa[r * KC + k]);
+        const __m512 a = _mm512_set1_ps(AK ? pa[k * MR_MAX + r] : pa[r * KC + k]);
         c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
         c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
       }
@@ -247,6 +330,10 @@ void matvec_t(const void* W, const float* xs, float* y, int64_t N, int64_t K, bo
 }  // namespace
 
 void gemm(const GemmProblem& p) { gemm_run<Traits>(p); }
+
+void matvec_packed(const PackedWeight& P, const float* x, float* y, bool accumulate) {
+  matvec_packed_run<Traits>(P, x, y, accumulate);
+}
 
 void matvec(const void* W, DType wt, const float* x, float* y, int64_t N, int64_t K,
             bool accumulate) {

@@ -348,7 +348,7 @@ bool parse_request(const std::string& body, bool chat, const ApiContext& ctx, Pa
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // syntax errors, and numbers too large (out_of_range)
     err->status = 400;
     err->message = std::string("the request body is not valid JSON: ") + e.what();
     err->param.clear();

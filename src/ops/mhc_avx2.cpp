@@ -1,0 +1,441 @@
+// ops/mhc_avx2.cpp — AVX2 + FMA bodies of the C-wide mHC/HC loops (compiled with -mavx2 -mfma,
+// reached from mhc.cpp after cpu_features() said AVX2 is there): the fused Σx² + projection
+// (rows, cols)·phiᵀ, the pre-aggregation, the post merge and the backward of both. The K-sized
+// coefficient math (gates, Sinkhorn) stays scalar in mhc.cpp; mhc.cpp keeps the scalar
+// references these are tested against.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "ops/mhc.h"
+#include "ops/simd_avx2.h"
+
+namespace qwen::ops::detail {
+
+namespace {
+
+using V = simd::Avx2;
+
+// Work (multiply-adds) above which a call splits its tokens over the op threads.
+constexpr int64_t kParallelMinWork = int64_t(1) << 18;
+
+// body(i) for i in [0, count), over the op threads if par; a serial call (the decode step's
+// T = 1) does not enter OpenMP at all.
+template <class F>
+void for_each_index(int64_t count, bool par, F&& body) {
+  if (par) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < count; ++i) body(i);
+  }
+}
+
+// proj (TB, KB) and, if SQ, sumsq (TB) for TB rows of X against KB rows of phi, one pass over
+// the cols. Register block: TB·KB accumulators + TB·SQ squares + TB row vectors + 1 phi vector
+// <= 16 ymm for the (TB, KB) pairs picked in project_rows.
+template <int TB, int KB, bool SQ>
+inline void project_block(const float* X, int64_t cols, const float* phi, float* proj, int64_t ldp,
+                          float* sumsq) {
+  __m256 acc[TB][KB];
+  __m256 sq[TB];
+  for (int t = 0; t < TB; ++t) {
+    sq[t] = _mm256_setzero_ps();
+    for (int k = 0; k < KB; ++k) acc[t][k] = _mm256_setzero_ps();
+  }
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    __m256 xv[TB];
+    for (int t = 0; t < TB; ++t) {
+      xv[t] = _mm256_loadu_ps(X + t * cols + c);
+      if constexpr (SQ) sq[t] = _mm256_fmadd_ps(xv[t], xv[t], sq[t]);
+    }
+    for (int k = 0; k < KB; ++k) {
+      const __m256 pv = _mm256_loadu_ps(phi + k * cols + c);
+      for (int t = 0; t < TB; ++t) acc[t][k] = _mm256_fmadd_ps(xv[t], pv, acc[t][k]);
+    }
+  }
+  if (c < cols) {  // masked tail: lanes past cols load as 0
+    const __m256i m = V::mask(cols - c);
+    __m256 xv[TB];
+    for (int t = 0; t < TB; ++t) {
+      xv[t] = _mm256_maskload_ps(X + t * cols + c, m);
+      if constexpr (SQ) sq[t] = _mm256_fmadd_ps(xv[t], xv[t], sq[t]);
+    }
+    for (int k = 0; k < KB; ++k) {
+      const __m256 pv = _mm256_maskload_ps(phi + k * cols + c, m);
+      for (int t = 0; t < TB; ++t) acc[t][k] = _mm256_fmadd_ps(xv[t], pv, acc[t][k]);
+    }
+  }
+  for (int t = 0; t < TB; ++t) {
+    for (int k = 0; k < KB; ++k) proj[t * ldp + k] = V::hsum(acc[t][k]);
+    if constexpr (SQ) sumsq[t] = V::hsum(sq[t]);
+  }
+}
+
+// project_block<TB, kb, SQ> for a run-time kb in 1..12.
+template <int TB, bool SQ, int KB = 1>
+inline void project_block_n(int kb, const float* X, int64_t cols, const float* phi, float* proj,
+                            int64_t ldp, float* sumsq) {
+  if constexpr (KB <= 12) {
+    if (kb == KB)
+      project_block<TB, KB, SQ>(X, cols, phi, proj, ldp, sumsq);
+    else
+      project_block_n<TB, SQ, KB + 1>(kb, X, cols, phi, proj, ldp, sumsq);
+  }
+}
+
+// TB rows: the first block of phi rows also sums the squares, the rest go KB at a time.
+template <int TB>
+void project_rows(const float* X, int64_t cols, const float* phi, int64_t n_k, float* proj,
+                  float* sumsq) {
+  constexpr int kb_sq = TB == 3 ? 3 : TB == 2 ? 5 : 12;  // with TB squares
+  constexpr int kb = TB == 3 ? 4 : TB == 2 ? 6 : 12;
+  int64_t k = std::min<int64_t>(kb_sq, n_k);
+  project_block_n<TB, true>(int(k), X, cols, phi, proj, n_k, sumsq);
+  while (k < n_k) {
+    const int b = int(std::min<int64_t>(kb, n_k - k));
+    project_block_n<TB, false>(b, X, cols, phi + k * cols, proj + k, n_k, nullptr);
+    k += b;
+  }
+}
+
+}  // namespace
+
+// proj (rows, n_k) = X (rows, cols) · phiᵀ, phi (n_k, cols); sumsq (rows) = Σ_c X[row, c]².
+void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const float* phi,
+                            int64_t n_k, float* proj, float* sumsq) {
+  const int64_t n_blocks = (rows + 2) / 3;
+  const bool par = rows > 3 && rows * cols * n_k >= kParallelMinWork;
+  for_each_index(n_blocks, par, [&](int64_t b) {
+    const int64_t r0 = b * 3;
+    const int64_t tb = std::min<int64_t>(3, rows - r0);
+    const float* x = X + r0 * cols;
+    float* p = proj + r0 * n_k;
+    if (tb == 3)
+      project_rows<3>(x, cols, phi, n_k, p, sumsq + r0);
+    else if (tb == 2)
+      project_rows<2>(x, cols, phi, n_k, p, sumsq + r0);
+    else
+      project_rows<1>(x, cols, phi, n_k, p, sumsq + r0);
+  });
+}
+
+// ---- The C-wide loops --------------------------------------------------------------------------
+// Column blocks of 8 with plain loads/stores, one masked tail block (masked stores are slow on
+// some cores). The stream count is a compile-time N for n <= 8 (accumulators stay in registers)
+// and run time (N = 0) above.
+
+namespace {
+
+template <bool Full>
+inline __m256 ld(const float* p, int64_t w) {
+  if constexpr (Full)
+    return _mm256_loadu_ps(p);
+  else
+    return V::load_n(p, w);
+}
+template <bool Full>
+inline void st(float* p, __m256 v, int64_t w) {
+  if constexpr (Full)
+    _mm256_storeu_ps(p, v);
+  else
+    V::store_n(p, v, w);
+}
+
+// f(c, std::bool_constant<full>, width) for the column blocks of 0..C.
+template <class F>
+inline void for_col_blocks(int64_t C, F&& f) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) f(c, std::true_type{}, int64_t(8));
+  if (c < C) f(c, std::false_type{}, C - c);
+}
+
+// f(std::integral_constant<int, N>) with N = n for n <= 8, else N = 0 (run-time n).
+template <class F>
+inline void with_streams(int64_t n, F&& f) {
+  switch (n) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 5:
+      return f(std::integral_constant<int, 5>{});
+    case 6:
+      return f(std::integral_constant<int, 6>{});
+    case 7:
+      return f(std::integral_constant<int, 7>{});
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    default:
+      return f(std::integral_constant<int, 0>{});
+  }
+}
+
+template <int N>
+void pre_aggregate_token(const float* x, const float* h, int64_t n_rt, int64_t C, float* u) {
+  const int64_t n = N ? N : n_rt;
+  for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+    constexpr bool kFull = decltype(full)::value;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j)
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(h[j]), ld<kFull>(x + j * C + c, w), acc);
+    st<kFull>(u + c, acc, w);
+  });
+}
+
+template <int N>
+void post_merge_token(const float* x, const float* H, const float* hp, const float* f, int64_t n_rt,
+                      int64_t C, float* o) {
+  const int64_t n = N ? N : n_rt;
+  for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+    constexpr bool kFull = decltype(full)::value;
+    __m256 xv[N ? N : kMhcMaxStreams];
+    for (int64_t j = 0; j < n; ++j) xv[j] = ld<kFull>(x + j * C + c, w);
+    const __m256 fv = ld<kFull>(f + c, w);
+    for (int64_t i = 0; i < n; ++i) {
+      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(hp[i]), fv);
+      for (int64_t j = 0; j < n; ++j)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(H[i * n + j]), xv[j], acc);
+      st<kFull>(o + i * C + c, acc, w);
+    }
+  });
+}
+
+template <int N>
+void pre_aggregate_backward_token(const float* x, const float* h, const float* gu, int64_t n_rt,
+                                  int64_t C, float* gx, float* gh) {
+  const int64_t n = N ? N : n_rt;
+  __m256 acc[N ? N : kMhcMaxStreams];
+  for (int64_t j = 0; j < n; ++j) acc[j] = _mm256_setzero_ps();
+  for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+    constexpr bool kFull = decltype(full)::value;
+    const __m256 g = ld<kFull>(gu + c, w);
+    if (gh)
+      for (int64_t j = 0; j < n; ++j)
+        acc[j] = _mm256_fmadd_ps(g, ld<kFull>(x + j * C + c, w), acc[j]);
+    if (gx)
+      for (int64_t j = 0; j < n; ++j) {
+        float* p = gx + j * C + c;
+        st<kFull>(p, _mm256_fmadd_ps(_mm256_set1_ps(h[j]), g, ld<kFull>(p, w)), w);
+      }
+  });
+  if (gh)
+    for (int64_t j = 0; j < n; ++j) gh[j] += V::hsum(acc[j]);
+}
+
+template <int N>
+void post_merge_backward_token(const float* x, const float* H, const float* hp, const float* f,
+                               const float* g, int64_t n_rt, int64_t C, float* gx, float* gH,
+                               float* ghp, float* gF) {
+  const int64_t n = N ? N : n_rt;
+  // Dot products, one destination i at a time: n + 1 accumulators.
+  if (gH || ghp) {
+    for (int64_t i = 0; i < n; ++i) {
+      __m256 acc[(N ? N : kMhcMaxStreams) + 1];
+      for (int64_t j = 0; j <= n; ++j) acc[j] = _mm256_setzero_ps();
+      for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+        constexpr bool kFull = decltype(full)::value;
+        const __m256 gi = ld<kFull>(g + i * C + c, w);
+        if (gH)
+          for (int64_t j = 0; j < n; ++j)
+            acc[j] = _mm256_fmadd_ps(gi, ld<kFull>(x + j * C + c, w), acc[j]);
+        if (ghp) acc[n] = _mm256_fmadd_ps(gi, ld<kFull>(f + c, w), acc[n]);
+      });
+      if (gH)
+        for (int64_t j = 0; j < n; ++j) gH[i * n + j] += V::hsum(acc[j]);
+      if (ghp) ghp[i] += V::hsum(acc[n]);
+    }
+  }
+  // Transposed mixes: g_X = H_resᵀ·G, g_F = h_postᵀ·G.
+  if (gx || gF) {
+    for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+      constexpr bool kFull = decltype(full)::value;
+      __m256 gv[N ? N : kMhcMaxStreams];
+      for (int64_t i = 0; i < n; ++i) gv[i] = ld<kFull>(g + i * C + c, w);
+      if (gx)
+        for (int64_t j = 0; j < n; ++j) {
+          float* p = gx + j * C + c;
+          __m256 acc = ld<kFull>(p, w);
+          for (int64_t i = 0; i < n; ++i)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(H[i * n + j]), gv[i], acc);
+          st<kFull>(p, acc, w);
+        }
+      if (gF) {
+        __m256 acc = ld<kFull>(gF + c, w);
+        for (int64_t i = 0; i < n; ++i) acc = _mm256_fmadd_ps(_mm256_set1_ps(hp[i]), gv[i], acc);
+        st<kFull>(gF + c, acc, w);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+// u (T, C) = Σ_j h_pre[t, j]·X[t, j].
+void mhc_pre_aggregate_avx2(const float* X, const float* h_pre, int64_t n_tok, int64_t n, int64_t C,
+                            float* u) {
+  const bool par = n_tok > 1 && n_tok * n * C >= kParallelMinWork;
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for_each_index(n_tok, par, [&](int64_t t) {
+      pre_aggregate_token<N>(X + t * n * C, h_pre + t * n, n, C, u + t * C);
+    });
+  });
+}
+
+// X_out (T, n, C) = H_res·X + h_post ⊗ F; X_out may be X: a column block of all n streams is in
+// registers before any of it is written.
+void mhc_post_merge_avx2(const float* X, const float* h_res, const float* h_post, const float* F,
+                         int64_t n_tok, int64_t n, int64_t C, float* X_out) {
+  const bool par = n_tok > 1 && n_tok * n * n * C >= kParallelMinWork;
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for_each_index(n_tok, par, [&](int64_t t) {
+      post_merge_token<N>(X + t * n * C, h_res + t * n * n, h_post + t * n, F + t * C, n, C,
+                          X_out + t * n * C);
+    });
+  });
+}
+
+// g_X[j] += h_pre[j]·g_u ; g_h_pre[j] += <g_u, X[j]> (null outputs skipped).
+void mhc_pre_aggregate_backward_avx2(const float* X, const float* h_pre, const float* g_u,
+                                     int64_t n_tok, int64_t n, int64_t C, float* g_X,
+                                     float* g_h_pre) {
+  const bool par = n_tok > 1 && n_tok * n * C >= kParallelMinWork;
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for_each_index(n_tok, par, [&](int64_t t) {
+      pre_aggregate_backward_token<N>(X + t * n * C, h_pre + t * n, g_u + t * C, n, C,
+                                      g_X ? g_X + t * n * C : nullptr,
+                                      g_h_pre ? g_h_pre + t * n : nullptr);
+    });
+  });
+}
+
+// g_X[j] += Σ_i H[i][j]·G[i] ; g_H[i][j] += <G[i], X[j]> ; g_h_post[i] += <G[i], F> ;
+// g_F += Σ_i h_post[i]·G[i]. Null outputs skipped.
+void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const float* h_post,
+                                  const float* F, const float* G, int64_t n_tok, int64_t n,
+                                  int64_t C, float* g_X, float* g_h_res, float* g_h_post,
+                                  float* g_F) {
+  const bool par = n_tok > 1 && n_tok * n * n * C >= kParallelMinWork;
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for_each_index(n_tok, par, [&](int64_t t) {
+      post_merge_backward_token<N>(
+          X + t * n * C, h_res + t * n * n, h_post + t * n, F + t * C, G + t * n * C, n, C,
+          g_X ? g_X + t * n * C : nullptr, g_h_res ? g_h_res + t * n * n : nullptr,
+          g_h_post ? g_h_post + t * n : nullptr, g_F ? g_F + t * C : nullptr);
+    });
+  });
+}
+
+// ---- Sinkhorn, 8 tokens at once (token l in lane l)
+// ---------------------------------------------- The same steps in the same order as the scalar
+// sinkhorn_step in mhc.cpp (sums in the same order, reciprocal, multiply); only exp is the vector
+// one of simd_avx2.h (within 4e-7 of std::exp). Z, H, g_H, g_Z: count (1..8) matrices of n·n
+// floats, back to back; unused lanes repeat lane 0.
+
+namespace {
+
+inline __m256 gather_lanes(const float* base, int64_t stride, int count, int64_t k) {
+  alignas(32) float v[8];
+  for (int l = 0; l < 8; ++l) v[l] = base[(l < count ? l : 0) * stride + k];
+  return _mm256_load_ps(v);
+}
+
+inline void scatter_lanes(__m256 x, float* base, int64_t stride, int count, int64_t k, bool add) {
+  alignas(32) float v[8];
+  _mm256_store_ps(v, x);
+  for (int l = 0; l < count; ++l) {
+    if (add)
+      base[l * stride + k] += v[l];
+    else
+      base[l * stride + k] = v[l];
+  }
+}
+
+// M (nn vectors) = exp(Z − max Z) per lane.
+inline void sinkhorn8_start(const float* Z, int count, int64_t n, __m256* M) {
+  const int64_t nn = n * n;
+  __m256 mx = gather_lanes(Z, nn, count, 0);
+  M[0] = mx;
+  for (int64_t k = 1; k < nn; ++k) {
+    M[k] = gather_lanes(Z, nn, count, k);
+    mx = _mm256_max_ps(mx, M[k]);
+  }
+  for (int64_t k = 0; k < nn; ++k) M[k] = V::exp(_mm256_sub_ps(M[k], mx));
+}
+
+inline void sinkhorn8_step(const __m256* in, __m256* out, __m256* inv, int64_t n, bool col) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  if (col) {
+    for (int64_t j = 0; j < n; ++j) inv[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) inv[j] = _mm256_add_ps(inv[j], in[i * n + j]);
+    for (int64_t j = 0; j < n; ++j) inv[j] = _mm256_div_ps(one, inv[j]);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) out[i * n + j] = _mm256_mul_ps(in[i * n + j], inv[j]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      __m256 s = _mm256_setzero_ps();
+      for (int64_t j = 0; j < n; ++j) s = _mm256_add_ps(s, in[i * n + j]);
+      inv[i] = _mm256_div_ps(one, s);
+      for (int64_t j = 0; j < n; ++j) out[i * n + j] = _mm256_mul_ps(in[i * n + j], inv[i]);
+    }
+  }
+}
+
+}  // namespace
+
+void mhc_sinkhorn8_forward_avx2(const float* Z, float* H, int count, int64_t n, int iters) {
+  const int64_t nn = n * n;
+  __m256 M[kMhcMaxStreams * kMhcMaxStreams], inv[kMhcMaxStreams];
+  sinkhorn8_start(Z, count, n, M);
+  for (int it = 0; it < iters; ++it) {
+    sinkhorn8_step(M, M, inv, n, true);
+    sinkhorn8_step(M, M, inv, n, false);
+  }
+  for (int64_t k = 0; k < nn; ++k) scatter_lanes(M[k], H, nn, count, k, false);
+}
+
+// g_Z += unrolled backward of the forward above. work: 8·sinkhorn_work_size(n, iters) floats.
+void mhc_sinkhorn8_backward_avx2(const float* Z, const float* g_H, float* g_Z, int count, int64_t n,
+                                 int iters, float* work) {
+  const int64_t nn = n * n, steps = 2 * int64_t(iters);
+  // Work as vectors, 32-byte aligned inside the caller's buffer.
+  __m256* S = reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(work) + 31) & ~uintptr_t(31));
+  __m256* inv = S + (steps + 1) * nn;
+  __m256 g[kMhcMaxStreams * kMhcMaxStreams];
+  sinkhorn8_start(Z, count, n, S);
+  for (int64_t st = 0; st < steps; ++st)
+    sinkhorn8_step(S + st * nn, S + (st + 1) * nn, inv + st * n, n, st % 2 == 0);
+  for (int64_t k = 0; k < nn; ++k) g[k] = gather_lanes(g_H, nn, count, k);
+  for (int64_t st = steps - 1; st >= 0; --st) {
+    const __m256* o = S + (st + 1) * nn;
+    const __m256* iv = inv + st * n;
+    const bool col = st % 2 == 0;
+    for (int64_t a = 0; a < n; ++a) {
+      __m256 dot = _mm256_setzero_ps();
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t k = col ? b * n + a : a * n + b;
+        dot = _mm256_fmadd_ps(g[k], o[k], dot);
+      }
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t k = col ? b * n + a : a * n + b;
+        g[k] = _mm256_mul_ps(_mm256_sub_ps(g[k], dot), iv[a]);
+      }
+    }
+  }
+  for (int64_t k = 0; k < nn; ++k)
+    scatter_lanes(_mm256_mul_ps(g[k], S[k]), g_Z, nn, count, k, true);
+}
+
+}  // namespace qwen::ops::detail

@@ -1,0 +1,57 @@
+// ops/quant_gguf.h — internals of the GGUF block formats Q4_0, Q4_1, Q4_K and Q6_K shared by
+// quant_gguf.cpp (scalar references, registration, dispatch) and quant_gguf_avx2.cpp (fast
+// kernels). Not part of the ops API: callers use ops/quant.h.
+//
+// Block layouts (ggml's, little-endian; d, m, dmin are IEEE fp16):
+//   Q4_0  (18 B / 32):  d, qs[16]            x[j] = d·(lo(qs[j]) − 8), x[j+16] = d·(hi(qs[j]) − 8)
+//   Q4_1  (20 B / 32):  d, m, qs[16]         x[j] = d·lo(qs[j]) + m,   x[j+16] = d·hi(qs[j]) + m
+//   Q4_K (144 B / 256): d, dmin, scales[12], qs[128]: 8 sub-blocks of 32, 6-bit scale and min each;
+//                       sub-block pair p (64 values) uses qs[32p..32p+31], low nibbles first
+//   Q6_K (210 B / 256): ql[128], qh[64], int8 scales[16], d: 16 sub-blocks of 16, 6-bit values − 32
+//
+// Fast matvec (decode): the activation x is quantised once per call to 8-bit blocks of 32
+// (Q8Act: f32 scale dx = max|x|/127, q = round(x/dx), and dx·Σq), and every weight block's
+// integer dot product with it is exact; the only error is x's rounding, |x − dx·q| ≤ dx/2, so
+// |y_fast − y_exact| ≤ Σ_blocks dx_b/2 · Σ_j |w_j| (plus f32 rounding). Tests hold the kernels to
+// that bound against the scalar references, which use the exact x.
+// Fast matmul (prefill): weight rows are dequantised into f32 tiles and multiplied with the
+// f32 GEMM (exact x; the only difference to the reference is f32 summation order).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace qwen::ops::gguf {
+
+// x (K) quantised to 8-bit blocks of 32: q (K), d (K/32), s (K/32) = d·Σq of the block.
+struct Q8Act {
+  int8_t* q = nullptr;
+  float* d = nullptr;
+  float* s = nullptr;
+};
+
+// Scalar (baseline) building blocks, also used by the AVX2 file for tails.
+void dequantize_q4_0(const void* src, float* dst, int64_t n);
+void dequantize_q4_1(const void* src, float* dst, int64_t n);
+void dequantize_q4_k(const void* src, float* dst, int64_t n);
+void dequantize_q6_k(const void* src, float* dst, int64_t n);
+void quantize_act_ref(const float* x, int64_t K, Q8Act a);
+// Dot products of one weight row (K values) with a quantised activation (scalar references of
+// the fast kernels' arithmetic).
+float dot_q4_0_q8_ref(const void* row, Q8Act a, int64_t K);
+float dot_q4_1_q8_ref(const void* row, Q8Act a, int64_t K);
+
+namespace avx2 {
+void quantize_act(const float* x, int64_t K, Q8Act a);
+// y[r] (+)= row r · x for rows [r0, r1) of W (N, K).
+void matvec_rows_q4_0(const void* W, Q8Act a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
+void matvec_rows_q4_1(const void* W, Q8Act a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
+// Rows [r0, r1) of W dequantised to f32, row-major with ld K.
+void dequantize_rows_q4_0(const void* W, float* dst, int64_t r0, int64_t r1, int64_t K);
+void dequantize_rows_q4_1(const void* W, float* dst, int64_t r0, int64_t r1, int64_t K);
+// f32 dot product of n values.
+float dot_f32(const float* a, const float* b, int64_t n);
+}  // namespace avx2
+
+}  // namespace qwen::ops::gguf

@@ -1,0 +1,268 @@
+// tests/test_quant_nf4.cpp — NF4 as bitsandbytes defines it, and the NF4 kernels:
+//  - quantize_4bit codes, absmax, double-quant fields (8-bit absmax codes, nested absmax, offset,
+//    dynamic map) and dequantize_4bit identical to pip bitsandbytes (CPU) on odd sizes, partial
+//    blocks, exact ties, zero blocks (golden: tests/data/quant/make_golden.py);
+//  - the packed quant_state JSON as bitsandbytes writes it;
+//  - the AVX2 dequantise / matvec / matmul / input-backward kernels against their scalar
+//    references on random odd shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "core/cpu.h"
+#include "io/nf4_format.h"
+#include "io/safetensors.h"
+#include "ops/matmul.h"
+#include "ops/nf4.h"
+#include "ops/quant.h"
+#include "qwen/error.h"
+#include "test_util.h"
+
+using namespace qwen;
+using namespace qwen_test;
+
+namespace {
+
+std::unique_ptr<io::SafetensorsFile>& golden() {
+  static auto f = io::SafetensorsFile::open(data_path("quant/nf4_golden.safetensors"));
+  return f;
+}
+
+template <class T>
+std::vector<T> tensor(const std::string& name) {
+  const io::TensorInfo* t = golden()->find(name);
+  EXPECT_NE(t, nullptr) << name;
+  if (!t) return {};
+  std::vector<T> v(t->nbytes / sizeof(T));
+  std::memcpy(v.data(), t->data, t->nbytes);
+  return v;
+}
+
+std::vector<std::string> case_names() {
+  std::vector<std::string> names;
+  for (const auto& [k, v] : golden()->metadata()) {
+    const std::string suffix = ".shape";
+    if (k.size() > suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0)
+      names.push_back(k.substr(0, k.size() - suffix.size()));
+  }
+  return names;
+}
+
+std::vector<int64_t> case_shape(const std::string& name) {
+  return nlohmann::json::parse(golden()->metadata().at(name + ".shape")).get<std::vector<int64_t>>();
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+}  // namespace
+
+TEST(Nf4Bnb, CodeTableAndDynamicMapMatchBitsandbytes) {
+  const auto qm = tensor<float>("odd_7x13.plain.quant_map");
+  ASSERT_EQ(qm.size(), 16u);
+  EXPECT_TRUE(same_bits(qm, std::vector<float>(ops::kNf4Code, ops::kNf4Code + 16)));
+  const auto dm = tensor<float>("odd_7x13.dq.nested_quant_map");
+  const auto& ours = io::bnb_dynamic_map();
+  EXPECT_TRUE(same_bits(dm, std::vector<float>(ours.begin(), ours.end())));
+}
+
+TEST(Nf4Bnb, QuantizeIdenticalToBitsandbytes) {
+  const auto names = case_names();
+  ASSERT_GE(names.size(), 9u);
+  for (const std::string& name : names) {
+    SCOPED_TRACE(name);
+    const auto x = tensor<float>(name + ".input");
+    const auto shape = case_shape(name);
+    for (bool dq : {false, true}) {
+      const std::string tag = name + (dq ? ".dq" : ".plain");
+      io::Nf4Tensor q = io::bnb_quantize_nf4(x.data(), shape, dq);
+      EXPECT_EQ(q.packed, tensor<uint8_t>(tag + ".packed")) << tag;
+      if (dq) {
+        EXPECT_EQ(q.absmax_codes, tensor<uint8_t>(tag + ".absmax")) << tag;
+        EXPECT_TRUE(same_bits(q.nested_absmax, tensor<float>(tag + ".nested_absmax"))) << tag;
+        const auto off = tensor<float>(tag + ".nested_offset");
+        ASSERT_EQ(off.size(), 1u);
+        EXPECT_EQ(std::memcmp(&q.nested_offset, &off[0], 4), 0)
+            << tag << ": offset " << q.nested_offset << " vs " << off[0];
+      } else {
+        EXPECT_TRUE(same_bits(q.absmax, tensor<float>(tag + ".absmax"))) << tag;
+      }
+      std::vector<float> deq(size_t(q.numel));
+      io::bnb_dequantize_nf4(q, deq.data());
+      EXPECT_TRUE(same_bits(deq, tensor<float>(tag + ".dequant"))) << tag;
+      // The JSON bitsandbytes stores next to the weight.
+      EXPECT_EQ(io::bnb_quant_state_json(q), golden()->metadata().at(tag + ".quant_state")) << tag;
+    }
+  }
+}
+
+TEST(Nf4Bnb, QuantStateJsonParses) {
+  io::Nf4Tensor t;
+  io::bnb_parse_quant_state_json(golden()->metadata().at("dq_19301.dq.quant_state"), &t, "golden");
+  EXPECT_TRUE(t.double_quant);
+  EXPECT_EQ(t.shape, std::vector<int64_t>{19301});
+  EXPECT_EQ(t.blocksize, 64);
+  EXPECT_EQ(t.nested_blocksize, 256);
+  EXPECT_EQ(t.nested_offset, tensor<float>("dq_19301.dq.nested_offset")[0]);
+  io::bnb_parse_quant_state_json(golden()->metadata().at("odd_7x13.plain.quant_state"), &t, "golden");
+  EXPECT_FALSE(t.double_quant);
+  EXPECT_EQ(t.shape, (std::vector<int64_t>{7, 13}));
+  EXPECT_THROW(io::bnb_parse_quant_state_json("{\"quant_type\": \"fp4\", \"blocksize\": 64}", &t, "x"), Error);
+  EXPECT_THROW(io::bnb_parse_quant_state_json("not json", &t, "x"), Error);
+}
+
+// The in-memory blocks of a (rows, 64·k) tensor dequantise to exactly what bitsandbytes gives.
+TEST(Nf4Bnb, InMemoryBlocksDequantiseLikeBitsandbytes) {
+  const auto x = tensor<float>("full_64x64.input");
+  for (bool dq : {false, true}) {
+    io::Nf4Tensor q = io::bnb_quantize_nf4(x.data(), {64, 64}, dq);
+    std::vector<uint8_t> blocks(64 * ops::kNf4BlockBytes);
+    io::bnb_to_nf4_blocks(q, blocks.data());
+    std::vector<float> a(64 * 64), b(64 * 64);
+    ops::nf4_dequantize_ref(blocks.data(), a.data(), 64 * 64);
+    EXPECT_TRUE(same_bits(a, tensor<float>(std::string("full_64x64.") + (dq ? "dq" : "plain") + ".dequant")));
+    ops::nf4_dequantize(blocks.data(), b.data(), 64 * 64);
+    EXPECT_TRUE(same_bits(a, b));
+    // Per-block quantisation (ops::nf4_quantize) picks the same codes and absmax.
+    std::vector<uint8_t> direct(64 * ops::kNf4BlockBytes);
+    ops::nf4_quantize(x.data(), direct.data(), 64 * 64);
+    if (!dq) {
+      EXPECT_EQ(direct, blocks);
+    }
+  }
+  // Rows that are not whole blocks cannot become in-memory blocks.
+  const auto y = tensor<float>("odd_7x13.input");
+  io::Nf4Tensor q = io::bnb_quantize_nf4(y.data(), {7, 13}, false);
+  std::vector<uint8_t> buf(1024);
+  EXPECT_THROW(io::bnb_to_nf4_blocks(q, buf.data()), Error);
+}
+
+// ---- kernels ----
+
+namespace {
+
+std::vector<uint8_t> random_nf4(int64_t N, int64_t K, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> w(size_t(N * K));
+  for (auto& v : w) v = nd(rng);
+  std::vector<uint8_t> q(size_t(N * K / 64) * ops::kNf4BlockBytes);
+  ops::nf4_quantize(w.data(), q.data(), N * K);
+  return q;
+}
+
+std::vector<float> random_vec(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+// |a - b| within the worst-case f32 summation bound of a length-K dot product, from the
+// exact (double) products of dequantised weights.
+void expect_close_dot(const std::vector<float>& got, const std::vector<float>& ref,
+                      const std::vector<double>& abs_sum, int64_t K, const char* what) {
+  ASSERT_EQ(got.size(), ref.size());
+  const double eps = double(K + 4) * 6e-8;
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got[i], ref[i], eps * abs_sum[i] + 1e-30) << what << " at " << i;
+}
+
+}  // namespace
+
+TEST(Nf4Kernels, DequantiseMatchesReferenceExactly) {
+  std::mt19937 rng(5);
+  for (int64_t n : {64, 128, 64 * 37}) {
+    auto q = random_nf4(1, n, rng);
+    std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+    ops::nf4_dequantize_ref(q.data(), a.data(), n);
+    ops::nf4_dequantize(q.data(), b.data(), n);
+    EXPECT_TRUE(same_bits(a, b)) << n;
+    ops::dequantize_row(DType::NF4, q.data(), b.data(), n);
+    EXPECT_TRUE(same_bits(a, b)) << n;
+  }
+}
+
+TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
+  std::mt19937 rng(11);
+  for (int64_t N : {1, 3, 17, 33}) {
+    for (int64_t K : {64, 192, 320}) {
+      auto W = random_nf4(N, K, rng);
+      std::vector<float> wf(size_t(N * K));
+      ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);
+      for (int64_t M : {1, 2, 5, 31}) {
+        SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M));
+        auto X = random_vec(size_t(M * K), rng);
+        std::vector<double> abs_sum(size_t(M * N), 0.0);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t k = 0; k < K; ++k)
+              abs_sum[size_t(m * N + n)] += std::fabs(double(X[size_t(m * K + k)]) * wf[size_t(n * K + k)]);
+        std::vector<float> ref(size_t(M * N)), got(size_t(M * N));
+        ops::nf4_matmul_ref(X.data(), W.data(), ref.data(), M, N, K, false);
+        ops::nf4_matmul(X.data(), W.data(), got.data(), M, N, K, false);
+        expect_close_dot(got, ref, abs_sum, K, "matmul");
+        ops::matmul(X.data(), W.data(), DType::NF4, got.data(), M, N, K);
+        expect_close_dot(got, ref, abs_sum, K, "ops::matmul");
+        if (M == 1) {
+          ops::nf4_matvec(W.data(), X.data(), got.data(), N, K, false);
+          expect_close_dot(got, ref, abs_sum, K, "matvec");
+          // accumulate adds to y
+          std::vector<float> acc(size_t(N), 1.5f), acc_ref(size_t(N), 1.5f);
+          ops::nf4_matvec(W.data(), X.data(), acc.data(), N, K, true);
+          ops::nf4_matvec_ref(W.data(), X.data(), acc_ref.data(), N, K, true);
+          for (auto& s : abs_sum) s += 1.5;
+          expect_close_dot(acc, acc_ref, abs_sum, K, "matvec acc");
+        } else {
+          std::vector<float> acc(size_t(M * N), -0.5f), acc_ref(size_t(M * N), -0.5f);
+          ops::nf4_matmul(X.data(), W.data(), acc.data(), M, N, K, true);
+          ops::nf4_matmul_ref(X.data(), W.data(), acc_ref.data(), M, N, K, true);
+          for (auto& s : abs_sum) s += 0.5;
+          expect_close_dot(acc, acc_ref, abs_sum, K, "matmul acc");
+        }
+      }
+    }
+  }
+}
+
+TEST(Nf4Kernels, InputBackwardMatchesReference) {
+  std::mt19937 rng(23);
+  for (int64_t N : {1, 7, 70, 130}) {
+    for (int64_t K : {64, 192}) {
+      for (int64_t M : {1, 3, 9}) {
+        SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M));
+        auto W = random_nf4(N, K, rng);
+        std::vector<float> wf(size_t(N * K));
+        ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);
+        auto dY = random_vec(size_t(M * N), rng);
+        for (bool acc : {false, true}) {
+          std::vector<float> got(size_t(M * K), 0.25f), ref(size_t(M * K), 0.25f);
+          ops::nf4_matmul_input_backward(dY.data(), W.data(), got.data(), M, N, K, acc);
+          ops::nf4_matmul_input_backward_ref(dY.data(), W.data(), ref.data(), M, N, K, acc);
+          std::vector<double> abs_sum(size_t(M * K), acc ? 0.25 : 0.0);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t k = 0; k < K; ++k)
+              for (int64_t n = 0; n < N; ++n)
+                abs_sum[size_t(m * K + k)] += std::fabs(double(dY[size_t(m * N + n)]) * wf[size_t(n * K + k)]);
+          expect_close_dot(got, ref, abs_sum, N, acc ? "dX acc" : "dX");
+          // The reference itself against the exact double product.
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t k = 0; k < K; ++k) {
+              double s = acc ? 0.25 : 0.0;
+              for (int64_t n = 0; n < N; ++n) s += double(dY[size_t(m * N + n)]) * wf[size_t(n * K + k)];
+              ASSERT_NEAR(ref[size_t(m * K + k)], s, double(N + 4) * 6e-8 * abs_sum[size_t(m * K + k)] + 1e-30);
+            }
+        }
+      }
+    }
+  }
+}
+
+// The scalar paths (QWEN_ISA=scalar or a CPU without AVX2) equal the references; the AVX2
+// paths are what ran above when this CPU has AVX2.
+TEST(Nf4Kernels, ReportsIsa) {
+  std::printf("NF4 kernels ran with %s\n", cpu_features().avx2 ? "AVX2" : "scalar references");
+  SUCCEED();
+}
