@@ -189,9 +189,10 @@ int main(int argc, char** argv) {
     if (!json)
       std::printf(
           "\nmatmul Y = X·Wᵀ (prefill): GFLOP/s (2·M·N·K / time), medians of %d, "
-          "ours and OpenBLAS sgemm interleaved\n%-9s %4s %5s %5s %9s %9s %9s %9s %9s\n",
+          "ours and OpenBLAS sgemm interleaved; pk = weight pre-packed (matmul_packed)\n"
+          "%-9s %4s %5s %5s %9s %9s %9s %9s %9s %9s %9s\n",
           reps, "shape", "M", "N", "K", "ours F32", "BLAS F32", "ours BF16", "ours F16",
-          "F32 %peak");
+          "pk F32", "pk BF16", "pkF32 %pk");
     nlohmann::json rows = nlohmann::json::array();
     for (int64_t M : {128, 512})
       for (const Shape& s : kShapes) {
@@ -217,10 +218,15 @@ int main(int argc, char** argv) {
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f,
                       X.data(), int(K), Wf.data(), int(K), 0.0f, Y.data(), int(N));
         };
+        const auto pf = qwen::ops::pack_weight(Wf.data(), DType::F32, N, K, isa);
+        const auto pb = qwen::ops::pack_weight(Wb.data(), DType::BF16, N, K, isa);
+        auto packed = [&](const qwen::ops::PackedWeight& P) {
+          return [&] { qwen::ops::matmul_packed(X.data(), P, Y.data(), M); };
+        };
         time_it(ours(Wf.data(), DType::F32));  // warm up both
         time_it(blas);
         settle(150);
-        std::vector<double> of, bf, ob, oh;
+        std::vector<double> of, bf, ob, oh, pkf, pkb;
         for (int r = 0; r < reps; ++r) {
           of.push_back(time_it(ours(Wf.data(), DType::F32)));
           settle(20);
@@ -228,8 +234,11 @@ int main(int argc, char** argv) {
           settle(150);
           ob.push_back(time_it(ours(Wb.data(), DType::BF16)));
           oh.push_back(time_it(ours(Wh.data(), DType::F16)));
+          pkf.push_back(time_it(packed(*pf)));
+          pkb.push_back(time_it(packed(*pb)));
         }
         const double a = median(of), b = median(bf), c = median(ob), d = median(oh);
+        const double e = median(pkf), f = median(pkb);
         rows.push_back({{"shape", s.what},
                         {"M", M},
                         {"N", N},
@@ -238,11 +247,14 @@ int main(int argc, char** argv) {
                         {"openblas_f32_gflops", b},
                         {"ours_bf16_gflops", c},
                         {"ours_f16_gflops", d},
-                        {"ours_f32_pct_peak", peak > 0 ? 100 * a / peak : 0}});
+                        {"packed_f32_gflops", e},
+                        {"packed_bf16_gflops", f},
+                        {"ours_f32_pct_peak", peak > 0 ? 100 * a / peak : 0},
+                        {"packed_f32_pct_peak", peak > 0 ? 100 * e / peak : 0}});
         if (!json)
-          std::printf("%-9s %4lld %5lld %5lld %9.1f %9.1f %9.1f %9.1f %8.0f%%\n", s.what,
-                      (long long)M, (long long)N, (long long)K, a, b, c, d,
-                      peak > 0 ? 100 * a / peak : 0.0);
+          std::printf("%-9s %4lld %5lld %5lld %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.0f%%\n",
+                      s.what, (long long)M, (long long)N, (long long)K, a, b, c, d, e, f,
+                      peak > 0 ? 100 * e / peak : 0.0);
       }
     out["matmul"] = rows;
   }

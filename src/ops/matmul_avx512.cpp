@@ -154,11 +154,9 @@ struct Traits {
   }
 
   // A packed 16-bit panel run (n values, n % 32 == 0) widened to f32 (exact).
-  // If pf, the same span at pf is prefetched into L2 (one line per 32 values).
-  static void widen_panel(const void* src, DType dt, int64_t n, float* dst, const char* pf) {
+  static void widen_panel(const void* src, DType dt, int64_t n, float* dst) {
     const uint16_t* s = static_cast<const uint16_t*>(src);
     for (int64_t i = 0; i < n; i += 16) {
-      if (pf && i % 32 == 0) _mm_prefetch(pf + i * 2, _MM_HINT_T1);
       const __m256i h = _mm256_maskz_loadu_epi16(__mmask16(0xFFFF), s + i);
       _mm512_store_ps(dst + i, dt == DType::BF16
                                    ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
@@ -219,19 +217,17 @@ struct Traits {
 
   // C (MR, nv) (+)= A (MR, kc) · B panel (kc, 32); A row-major with row stride KC (AK = false)
   // or k-major with stride MR_MAX (AK = true, the transposed-A packing).
-  // If PF, the two lines at pf + 128·k are prefetched into L2 at step k.
+  // If PF, the line pf.p + k·pf.step is prefetched into L2 at steps k < pf.n.
   template <int MR, bool AK, bool PF>
   static void kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                      float* __restrict C, int64_t ldc, int nv, float alpha, float beta,
-                     bool first, const char* pf) {
+                     bool first, const Prefetch& pf) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
-      if constexpr (PF) {
-        _mm_prefetch(pf + k * NR * 4, _MM_HINT_T1);
-        _mm_prefetch(pf + k * NR * 4 + 64, _MM_HINT_T1);
-      }
+      if constexpr (PF)
+        if (k < pf.n) _mm_prefetch(pf.p + k * pf.step, _MM_HINT_T1);
       const __m512 b0 = _mm512_load_ps(pb + k * NR), b1 = _mm512_load_ps(pb + k * NR + 16);
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {

@@ -8,7 +8,7 @@
 //   [B up front: when this thread's rows need more than one row block and its columns of B fit
 //    in kFullBBytes, all of op(B)[:, my columns] is packed once into k-major panels; a pre-packed
 //    weight (PackedWeight) is used in place as those panels]
-//   for m0 in this thread's rows, balanced row blocks of at most MC
+//   for m0 in this thread's rows, balanced row blocks of at most MC (4/3·MC if one block)
 //     pack op(A)[m0:m0+mc, :] once (all k blocks):
 //       not transposed: row-major blocks of KC columns, compile-time row stride KC, so the
 //         micro-kernel addresses row r at a fixed displacement r*KC*4 (no transposition);
@@ -39,13 +39,12 @@
 //   static void prefetch(const void* p);  // into L1
 //   static void copy_b_row(const float* src, int nv, float* dst);
 //       dst[c] = c < nv ? src[c] : 0 for c < NR (dst aligned; reads only src[0..nv))
-//   static void widen_panel(const void* src, DType dt, int64_t n, float* dst, const char* pf);
-//       n % NR == 0; if pf, prefetches the same span of 16-bit values from pf into L2
+//   static void widen_panel(const void* src, DType dt, int64_t n, float* dst);  // n % NR == 0
 //   template <int MR, bool AK, bool PF> static void kernel(int64_t kc, const float* pa,
 //       const float* pb, float* C, int64_t ldc, int nv, float alpha, float beta, bool first,
-//       const char* pf);
-//       A element (r, k) at pa[AK ? k*MR_MAX + r : r*KC + k]; if PF, prefetches the kc·NR
-//       floats at pf into L2 along the way
+//       const Prefetch& pf);
+//       A element (r, k) at pa[AK ? k*MR_MAX + r : r*KC + k]; if PF, at steps k < pf.n it
+//       prefetches the line at pf.p + k·pf.step into L2
 #pragma once
 #include <omp.h>
 
@@ -62,15 +61,25 @@ namespace {
 // Up to this many bytes of packed B per thread are packed once up front (L3-resident).
 inline constexpr int64_t kFullBBytes = int64_t(8) << 20;
 
+// Lines a micro-kernel prefetches while it runs: at step k < n, the line at p + k·step. Passed
+// by reference: a struct passed by value is rebuilt on the stack before every call, and reading
+// it back in the kernel then waits for the previous kernel's C stores (cache misses) to commit —
+// measured as 15% of a K = 256 product.
+struct Prefetch {
+  const char* p = nullptr;
+  int64_t n = 0, step = 64;
+};
+inline constexpr Prefetch kNoPrefetch{};
+
 template <class Tr, int MR, bool AK, bool PF>
 inline void call_kernel(int64_t kc, const float* pa, const float* pb, float* C, int64_t ldc, int nv,
-                        float alpha, float beta, bool first, const char* pf) {
+                        float alpha, float beta, bool first, const Prefetch& pf) {
   Tr::template kernel<MR, AK, PF>(kc, pa, pb, C, ldc, nv, alpha, beta, first, pf);
 }
 
 template <class Tr>
 using KernelFn = void (*)(int64_t, const float*, const float*, float*, int64_t, int, float, float,
-                          bool, const char*);
+                          bool, const Prefetch&);
 
 template <class Tr, bool AK, bool PF, int... I>
 constexpr auto make_kernel_table(std::integer_sequence<int, I...>) {
@@ -99,11 +108,23 @@ constexpr int64_t a_tile_stride() {
   return Tr::MR_MAX * Tr::KC + kATileSlack;
 }
 
-// Floats per packed k block of A: room for MC rows with row stride KC, or for ceil(MC / MR_MAX)
-// transposed-A tiles.
+// Row blocks: a thread's rows are cut into balanced blocks of at most MC rows, except that up
+// to kMaxRows() = 4/3·MC rows stay one block (a second block would pack all of B a second time;
+// measured: 256 rows x K = 32000 ran 12% faster as one block, larger blocks were not faster).
+template <class Tr>
+constexpr int64_t max_block_rows() {
+  return Tr::MC * 4 / 3;
+}
+inline int64_t n_row_blocks_for(int64_t rows, int64_t mc, int64_t mc_max) {
+  return rows <= mc_max ? 1 : (rows + mc - 1) / mc;
+}
+
+// Floats per packed k block of A: room for max_block_rows() rows with row stride KC, or for as
+// many transposed-A tiles.
 template <class Tr>
 constexpr int64_t a_block_floats() {
-  return std::max(Tr::MC * Tr::KC, (Tr::MC + Tr::MR_MAX - 1) / Tr::MR_MAX * a_tile_stride<Tr>());
+  constexpr int64_t rows = max_block_rows<Tr>();
+  return std::max(rows * Tr::KC, (rows + Tr::MR_MAX - 1) / Tr::MR_MAX * a_tile_stride<Tr>());
 }
 
 // Packs op(A)[m0:m0+mc, k0:k0+kc] for the tiles of the block into dst (one k block).
@@ -176,7 +197,7 @@ void gemm_range(const GemmProblem& p, int64_t m_lo, int64_t m_hi, int64_t n_lo, 
   constexpr int64_t ablk_floats = a_block_floats<Tr>();
   const int64_t n_kb = (p.K + Tr::KC - 1) / Tr::KC;
   const int64_t n_rows = m_hi - m_lo, n_cols = n_hi - n_lo;
-  const int64_t n_blocks = (n_rows + Tr::MC - 1) / Tr::MC;
+  const int64_t n_blocks = n_row_blocks_for(n_rows, Tr::MC, max_block_rows<Tr>());
   const int64_t my_panels = (n_cols + Tr::NR - 1) / Tr::NR;
   // With one column block, each k block of A is packed right before its use (it then sits in
   // L2 while the panels stream past); with several, all k blocks are packed once per row block.
@@ -215,38 +236,63 @@ void gemm_range(const GemmProblem& p, int64_t m_lo, int64_t m_hi, int64_t n_lo, 
         if (!a_all_k) pack_a_block<Tr>(p, m0, mc, k0, kc, abuf);
         const float* ablk = a_all_k ? abuf + kb * ablk_floats : abuf;
         const bool first = k0 == 0;
-        for (int64_t j0 = n0; j0 < n0 + nc; j0 += Tr::NR) {
+        // On a packed weight the product streams the weight from memory. Two things keep the
+        // stream at DRAM speed: for small M the panels are visited as 4 interleaved streams
+        // (panel q·S + i at step 4i + q; one linear stream alone keeps too few reads in flight),
+        // and the micro-kernels prefetch the stream's next panel into L2 while they compute on
+        // this one (spread over the row tiles), so memory and FMA work overlap. The order of
+        // the panels does not change any result.
+        const int64_t n_pan = (nc + Tr::NR - 1) / Tr::NR;
+        const bool streams = src == BSrc::kPacked && tiles.n <= 2 && n_pan >= 8;
+        const int64_t S = streams ? (n_pan + 3) / 4 : n_pan, n_steps = streams ? 4 * S : n_pan;
+        for (int64_t step = 0; step < n_steps; ++step) {
+          const int64_t jj = streams ? step % 4 * S + step / 4 : step;
+          if (jj >= n_pan) continue;
+          const int64_t j0 = n0 + jj * Tr::NR;
           const int nv = int(std::min<int64_t>(Tr::NR, n0 + nc - j0));
           const float* pb;
-          // Small M on a packed weight is a stream through the weight: the panel after next is
-          // prefetched into L2 while this one is read (one linear stream alone does not keep
-          // enough reads in flight to reach the DRAM bandwidth).
-          const char* pf = nullptr;
+          Prefetch pf;
           switch (src) {
-            case BSrc::kPacked:
-              if (tiles.n <= 2 && j0 / Tr::NR + 2 < pw->n_panels())
-                pf = reinterpret_cast<const char*>(pw->panel(j0 / Tr::NR + 2, k0));
+            case BSrc::kPacked: {
+              const int64_t j = j0 / Tr::NR;
+              const bool has_next = streams ? jj + 1 < n_pan && (jj + 1) % S != 0
+                                            : j + 1 < pw->n_panels();
+              if (has_next) {
+                const int64_t lines = (kc * Tr::NR * int64_t(pw->elem_size()) + 63) / 64;
+                const int64_t per_tile = (lines + tiles.n - 1) / tiles.n;
+                pf.p = reinterpret_cast<const char*>(pw->panel(j + 1, k0));
+                pf.step = 64 * ((per_tile + kc - 1) / kc);
+                pf.n = (per_tile * 64 + pf.step - 1) / pf.step;
+              }
               if (pw->dt == DType::F32) {
-                pb = reinterpret_cast<const float*>(pw->panel(j0 / Tr::NR, k0));
+                pb = reinterpret_cast<const float*>(pw->panel(j, k0));
               } else {
-                Tr::widen_panel(pw->panel(j0 / Tr::NR, k0), pw->dt, kc * Tr::NR, bbuf, pf);
+                Tr::widen_panel(pw->panel(j, k0), pw->dt, kc * Tr::NR, bbuf);
                 pb = bbuf;
-                pf = nullptr;
               }
               break;
+            }
             case BSrc::kFull: pb = bfull + ((j0 - n_lo) / Tr::NR * p.K + k0) * Tr::NR; break;
             default:
               Tr::pack_b(p, k0, kc, j0, nv, bbuf);
               pb = bbuf;
               break;
           }
-          const auto& table = p.trans_a ? table_km : pf ? table_pf : table_rk;
+          if (pf.p) {
+            for (int64_t t = 0; t < tiles.n; ++t) {
+              const int64_t r0 = tiles.start(t), mr = tiles.size(t);
+              table_pf[mr - 1](kc, ablk + r0 * Tr::KC, pb, p.C + (m0 + r0) * p.ldc + j0, p.ldc,
+                               nv, p.alpha, p.beta, first, pf);
+              pf.p += pf.n * pf.step;  // the next tile prefetches the next part
+            }
+            continue;
+          }
+          const auto& table = p.trans_a ? table_km : table_rk;
           for (int64_t t = 0; t < tiles.n; ++t) {
             const int64_t r0 = tiles.start(t), mr = tiles.size(t);
             const float* pa = p.trans_a ? ablk + t * a_tile_stride<Tr>() : ablk + r0 * Tr::KC;
             table[mr - 1](kc, pa, pb, p.C + (m0 + r0) * p.ldc + j0, p.ldc, nv, p.alpha, p.beta,
-                          first, pf);
-            pf = nullptr;  // only the first tile streams the panel
+                          first, kNoPrefetch);
           }
         }
       }
@@ -261,7 +307,7 @@ template <class Tr>
 double share_cost(const GemmProblem& p, int64_t rows, int64_t cols) {
   if (rows <= 0 || cols <= 0) return 0.0;
   const int64_t panels = (cols + Tr::NR - 1) / Tr::NR;
-  const int64_t blocks = (rows + Tr::MC - 1) / Tr::MC;
+  const int64_t blocks = n_row_blocks_for(rows, Tr::MC, max_block_rows<Tr>());
   const double compute = double(rows) * double(panels) * double(p.K);  // 2 FMAs per row, k, panel
   const double a_pack = double(rows) * double(p.K) * (p.trans_a ? 0.3 : 0.15);
   double b_each, b_times;

@@ -5,9 +5,9 @@
 //
 // Decode (matvec): Q4_0 / Q4_1 quantise x to 8-bit blocks once and use integer dot products
 // (AVX2); Q4_K / Q6_K dequantise one row at a time into f32 and take an f32 dot product.
-// Prefill (matmul, M >= kMinGemmRows): weight rows are dequantised in tiles of about 4 MiB of f32
-// and multiplied with the f32 GEMM (ops::gemm_f32), so the quantised matrix is read once per call
-// and the arithmetic is the GEMM's.
+// Prefill (matmul, M >= kMinGemmRows): weight rows are dequantised in panels of about 4 MiB of f32
+// and multiplied with the f32 GEMM (ops::matmul_dequant_panels of q8_0.h, shared by the block
+// formats), so the quantised matrix is read once per call and the arithmetic is the GEMM's.
 #include "ops/quant_gguf.h"
 
 #include <omp.h>
@@ -19,7 +19,7 @@
 #include <memory>
 
 #include "core/cpu.h"
-#include "ops/matmul.h"
+#include "ops/q8_0.h"
 #include "ops/quant.h"
 
 namespace qwen::ops {
@@ -63,7 +63,7 @@ struct Buf {
     return p;
   }
 };
-thread_local Buf t_act, t_tile, t_row;
+thread_local Buf t_act, t_row;
 
 Q8Act act_buffers(int64_t K) {
   const size_t nb = size_t(K / 32);
@@ -324,8 +324,14 @@ void matvec_fast(const void* W, const float* x, float* y, int64_t N, int64_t K, 
   }
 }
 
-// Below this many rows of X a matmul is M matvecs (the weight tile would be dequantised for
-// too little reuse).
+// Rows [row0, row0 + n) of W as f32, for the shared dequantise-a-panel GEMM driver (q8_0.h).
+template <Fmt F>
+void dequant_panel_rows(const void* W, int64_t row0, int64_t n, int64_t K, float* dst) {
+  dequant_rows<F>(static_cast<const uint8_t*>(W) + size_t(row0) * dtype_row_bytes(dtype_of(F), K), dst, 0, n, K);
+}
+
+// Below this many rows of X a matmul is M matvecs (a dequantised panel would be reused too
+// little to pay for itself).
 constexpr int64_t kMinGemmRows = 4;
 
 template <Fmt F>
@@ -334,23 +340,7 @@ void matmul_fast(const float* X, const void* W, float* Y, int64_t M, int64_t N, 
     for (int64_t m = 0; m < M; ++m) matvec_fast<F>(W, X + m * K, Y + m * N, N, K, acc);
     return;
   }
-  // Tiles of about 4 MiB of f32 (L2/L3 resident while the GEMM reads them), whole 16-row panels.
-  int64_t nc = std::max<int64_t>(16, (int64_t(1) << 20) / K / 16 * 16);
-  nc = std::min(nc, N);
-  float* tile = static_cast<float*>(t_tile.get(size_t(nc * K) * sizeof(float)));
-  const size_t rb = dtype_row_bytes(dtype_of(F), K);
-  for (int64_t n0 = 0; n0 < N; n0 += nc) {
-    const int64_t n = std::min(nc, N - n0);
-    const int nt = threads_for(n, K);
-    const uint8_t* Wt = static_cast<const uint8_t*>(W) + size_t(n0) * rb;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      int64_t lo, hi;
-      row_range(n, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
-      if (hi > lo) dequant_rows<F>(Wt, tile + lo * K, lo, hi, K);
-    }
-    gemm_f32(false, true, M, n, K, 1.0f, X, K, tile, K, acc ? 1.0f : 0.0f, Y + n0, N);
-  }
+  matmul_dequant_panels(X, W, dtype_of(F), dequant_panel_rows<F>, Y, M, N, K, acc);
 }
 
 template <Fmt F>
