@@ -345,6 +345,9 @@ TEST(MatmulPacked, RegistryRoutesPublicCalls) {
   EXPECT_GE(qwen::ops::packed_weight_bytes(*P), size_t(N * K * 2));
   {
     qwen::ops::PrepackedWeightGuard guard(w, DType::BF16, N, K);
+    {  // a second filing of the same weight only adds a reference
+      qwen::ops::PrepackedWeightGuard second(w, DType::BF16, N, K);
+    }
     EXPECT_NE(qwen::ops::find_prepacked_weight(w, DType::BF16, N, K), nullptr);
     EXPECT_EQ(qwen::ops::find_prepacked_weight(w, DType::BF16, N - 1, K), nullptr);
     EXPECT_EQ(qwen::ops::find_prepacked_weight(w, DType::F16, N, K), nullptr);
@@ -443,6 +446,8 @@ TEST(GemmF32, BothThreadSplitsAndUpFrontB) {
         qwen::set_num_threads(threads);
         check_gemm(paths(), ta, tb, 461, 37, 129, 1.0f, 1.0f, rng);
         check_gemm(paths(), ta, tb, 30, 300, 811, 0.5f, 0.0f, rng);
+        // one row block of more than MC rows (AVX2: 250 <= 4/3·192; AVX-512: 330 <= 4/3·256)
+        check_gemm(paths(), ta, tb, threads == 1 ? 250 : 330, 20, 40, 1.0f, 0.0f, rng);
       }
   qwen::set_num_threads(saved);
 }

@@ -100,6 +100,7 @@ std::vector<unsigned char> golden_bytes(int id, DType t, int64_t n) {
       case DType::I32: { int32_t i = int32_t(v); std::memcpy(p, &i, 4); break; }
       case DType::I64: { int64_t i = int64_t(v); std::memcpy(p, &i, 8); break; }
       case DType::U8: { *p = uint8_t(v); break; }
+      default: ADD_FAILURE() << "no golden formula for " << qwen::dtype_name(t); break;
     }
   }
   return b;

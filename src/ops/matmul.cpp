@@ -1,6 +1,6 @@
 // ops/matmul.cpp — the matrix products' front door: argument checks, runtime dispatch to the
-// AVX-512 / AVX2 kernel files, the portable scalar fallbacks, and the scalar references (*_ref)
-// that every fast path is tested against.
+// AVX-512 / AVX2 kernel files, the portable scalar fallbacks, weight pre-packing and its
+// registry, and the scalar references (*_ref) that every fast path is tested against.
 //
 // References accumulate each dot product in double, in index order, from the exact f32 values of
 // the operands (BF16/F16 weights widen to f32 exactly), and round once to f32 at the end; they are
@@ -200,9 +200,15 @@ void pack_panels(const E* W, int64_t N, int64_t K, int nr, E* dst) {
   }
 }
 
+// Packed weights filed by weight pointer, with a count of the prepack_weight calls not yet
+// released (several decoders may share one model).
 struct Registry {
+  struct Entry {
+    std::shared_ptr<const PackedWeight> packed;
+    int64_t refs = 0;
+  };
   std::shared_mutex mu;
-  std::unordered_map<const void*, std::shared_ptr<const PackedWeight>> map;
+  std::unordered_map<const void*, Entry> map;
   std::atomic<size_t> size{0};
 };
 
@@ -265,17 +271,34 @@ void matmul_packed(const float* X, const PackedWeight& P, float* Y, int64_t M, b
 }
 
 void prepack_weight(const void* W, DType wt, int64_t N, int64_t K) {
-  std::shared_ptr<const PackedWeight> P = pack_weight(W, wt, N, K, best_kernel_isa());
   Registry& r = registry();
+  {
+    std::unique_lock lk(r.mu);
+    const auto it = r.map.find(W);
+    if (it != r.map.end() && it->second.packed->dt == wt && it->second.packed->N == N &&
+        it->second.packed->K == K) {
+      ++it->second.refs;  // already packed (the weight must not have changed meanwhile)
+      return;
+    }
+  }
+  std::shared_ptr<const PackedWeight> P = pack_weight(W, wt, N, K, best_kernel_isa());
   std::unique_lock lk(r.mu);
-  r.map[W] = std::move(P);
+  Registry::Entry& e = r.map[W];
+  if (e.packed && e.packed->dt == wt && e.packed->N == N && e.packed->K == K) {
+    ++e.refs;  // another thread packed it meanwhile
+    return;
+  }
+  e.packed = std::move(P);  // new, or the same pointer now holding another matrix
+  e.refs = 1;
   r.size.store(r.map.size());
 }
 
 void release_prepacked_weight(const void* W) {
   Registry& r = registry();
   std::unique_lock lk(r.mu);
-  r.map.erase(W);
+  const auto it = r.map.find(W);
+  if (it == r.map.end() || --it->second.refs > 0) return;
+  r.map.erase(it);
   r.size.store(r.map.size());
 }
 
@@ -286,9 +309,9 @@ std::shared_ptr<const PackedWeight> find_prepacked_weight(const void* W, DType w
   std::shared_lock lk(r.mu);
   const auto it = r.map.find(W);
   if (it == r.map.end()) return nullptr;
-  const PackedWeight& P = *it->second;
+  const PackedWeight& P = *it->second.packed;
   if (P.dt != wt || P.N != N || P.K != K || P.isa != best_kernel_isa()) return nullptr;
-  return it->second;
+  return it->second.packed;
 }
 
 // ---- ISA selection ----

@@ -76,8 +76,11 @@ void matmul_packed(const float* X, const PackedWeight& P, float* Y, int64_t M,
 
 // Registry: prepack_weight(W, ...) packs W for best_kernel_isa() and files the copy under the
 // pointer W; from then on the public matmul() and matvec() on W (same dtype and shape) use it.
-// The owner of W must call release_prepacked_weight(W) before freeing or changing W (an RAII
-// PrepackedWeightGuard does that). Thread-safe; a lookup costs one shared lock per call.
+// Calls are counted: packing an already filed W again only adds a reference, and each
+// release_prepacked_weight(W) drops one; the copy is freed with the last. Whoever files W must
+// release it before freeing or changing W (PrepackedWeightGuard does it on scope exit), and
+// must not file weights that something else updates in place while they are filed (a trainer's
+// ops::matmul would read the stale copy). Thread-safe; a lookup costs one shared lock per call.
 void prepack_weight(const void* W, DType wt, int64_t N, int64_t K);
 void release_prepacked_weight(const void* W);
 std::shared_ptr<const PackedWeight> find_prepacked_weight(const void* W, DType wt, int64_t N,

@@ -4,10 +4,11 @@
 // GEMM: the blocked loop nest of matmul_driver.h around a 6x16 register micro-kernel (6 rows of A
 // broadcast against two ymm of a k-major B panel: 12 accumulators + 2 B + 1 A of the 16 ymm).
 // B panels are packed from the (N, K) weight rows by 8x8 in-register transposes, widening BF16
-// (shift) or F16 (vcvtph2ps) to f32 on the way.
-// Matvec: one weight row at a time, four accumulators, each thread's rows read as one linear
-// stream, every weight once; BF16 rows are loaded 16 at a time and split exactly into even (shift)
+// (shift) or F16 (vcvtph2ps) to f32 on the way, or taken from a pre-packed weight.
+// Matvec: one weight row at a time, four accumulators, each thread's rows read as two linear
+// streams, every weight once; BF16 rows are loaded 16 at a time and split exactly into even (shift)
 // and odd (AND) elements against a permuted copy of x; F16 is widened with vcvtph2ps.
+// Packed matvec: four panels of a pre-packed weight at a time, in the GEMM kernel's order.
 // (GCC 12's intrinsics headers trip -Wuninitialized on their own _mm*_undefined_* helpers, GCC
 // bug 105593; the warning is silenced for the header only.)
 #pragma GCC diagnostic push

@@ -5,13 +5,14 @@
 // A broadcast against two zmm of a k-major B panel, 28 zmm accumulators (of 32), two FMA pipes
 // kept busy by 28 independent dependency chains. B panels are packed from the (N, K) weight rows
 // by 16x16 in-register transposes, converting BF16 (shift) or F16 (vcvtph2ps) to f32 on the way,
-// so the kernel only ever sees f32 and accumulates in f32.
+// so the kernel only ever sees f32 and accumulates in f32 (or taken from a pre-packed weight,
+// BF16/F16 panels widened into the panel buffer).
 //
 // Matvec: one weight row at a time against x (which stays in L1), four accumulators; each thread
 // reads its rows as one linear stream, every weight exactly once. BF16 rows are loaded 32 at a time
 // and split into their even and odd elements with one shift and one AND (both exact), against a
 // copy of x permuted the same way; F16 rows go through vcvtph2ps. Rows are split over the OpenMP
-// team.
+// team. Packed matvec: four panels of a pre-packed weight at a time, in the GEMM kernel's order.
 #ifdef QWEN_AVX512_EMULATION
 // Test build only: the same code against plain-C++ intrinsics (see matmul_avx512_emu.h).
 #include "ops/matmul_avx512_emu.h"
