@@ -8,7 +8,7 @@ DEB_PACKAGES := build-essential cmake pkg-config libomp-dev nlohmann-json3-dev l
   libbenchmark-dev python3 python3-venv curl
 DEB_DATA := r-cran-janeaustenr bible-kjv-text jargon-text
 
-.PHONY: deps build test demo bench fuzz clean pyenv gguf-model
+.PHONY: deps build test demo bench fuzz clean pyenv gguf-model examples docs
 
 # Install only what is missing; apt-get update only when something is.
 deps:
@@ -53,6 +53,26 @@ gguf-model: $(GGUF_MODEL)
 
 test: build pyenv gguf-model
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The example programs of examples/ (also run by `make test`): build them and run their ctests.
+EXAMPLE_TARGETS := $(patsubst examples/%.cpp,example_%,$(wildcard examples/[0-9][0-9]_*.cpp))
+examples: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS) --target $(EXAMPLE_TARGETS)
+	cd $(BUILD) && ctest --output-on-failure -R '^example_'
+
+# The API reference: Doxygen over include/qwen into $(BUILD)/docs (warnings are errors).
+# Installs the Debian package doxygen when missing, as deps does.
+docs: $(BUILD)/CMakeCache.txt
+	@dpkg-query -W -f='$${Status}' doxygen 2>/dev/null | grep -q "install ok installed" || { \
+	  echo "installing Debian package: doxygen"; SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends doxygen; }
+	@cmake -S . -B $(BUILD) >/dev/null  # (re)generates $(BUILD)/include/qwen/version.h
+	@rm -rf $(BUILD)/docs && mkdir -p $(BUILD)/docs
+	QWEN_VERSION_H=$(BUILD)/include/qwen/version.h QWEN_DOCS_OUT=$(BUILD)/docs \
+	  QWEN_DOCS_STRIP=$(BUILD)/include \
+	  QWEN_VERSION=$$(sed -n 's/^#define QWEN_VERSION "\(.*\)"$$/\1/p' $(BUILD)/include/qwen/version.h) \
+	  doxygen docs/Doxyfile
+	@echo "API reference: $(BUILD)/docs/html/index.html"
 
 demo: build
 	bash scripts/demo.sh

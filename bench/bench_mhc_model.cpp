@@ -5,6 +5,7 @@
 //
 //   bench_mhc_model [--layers 24] [--hidden 64] [--ffn 192] [--heads 4] [--kv 2] [--vocab 4093]
 //                   [--n 4] [--batch 8] [--seq 64] [--steps 6] [--decode 128] [--recompute]
+//                   [--only base|hc|mhc]   (one variant alone, for perf profiles; no ratios)
 // Prints one line per variant and the ratios to the baseline. Medians of --steps runs after one
 // warm-up; the variants are interleaved so machine load affects them alike.
 #include <algorithm>
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
   int64_t layers = 24, hidden = 64, ffn = 192, heads = 4, kv = 2, vocab = 4093, n = 4, B = 8,
           T = 64, steps = 6, n_decode = 128;
   bool recompute = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> int64_t {
@@ -69,6 +71,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = next();
     else if (a == "--decode") n_decode = next();
     else if (a == "--recompute") recompute = true;
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else {
       std::fprintf(stderr, "unknown option %s (see the header of bench_mhc_model.cpp)\n", a.c_str());
       return 2;
@@ -97,6 +100,16 @@ int main(int argc, char** argv) {
   vs[2].name = "mHC n=" + std::to_string(n);
   vs[2].cfg = vs[1].cfg;
   vs[2].cfg.mhc_mode = "mhc";
+  if (!only.empty()) {
+    const int keep = only == "base" ? 0 : only == "hc" ? 1 : only == "mhc" ? 2 : -1;
+    if (keep < 0) {
+      std::fprintf(stderr, "--only takes base, hc or mhc\n");
+      return 2;
+    }
+    Variant v = std::move(vs[size_t(keep)]);
+    vs.clear();
+    vs.push_back(std::move(v));
+  }
   qwen::train::TrainModelOptions opt;
   opt.recompute = recompute;
   for (auto& v : vs) {
@@ -120,8 +133,9 @@ int main(int argc, char** argv) {
       v.tm->forward_backward(tok.data(), tgt.data(), B, T, 1.0f / float(B * T));
       if (s > 0) v.step_s.push_back(now() - t0);
     }
-  // Decode: n_decode tokens one at a time after a 1-token prompt, interleaved per repeat.
-  for (int rep = 0; rep < 3; ++rep)
+  // Decode: n_decode tokens one at a time after a 1-token prompt, interleaved per repeat (7
+  // repeats: on the shared machine single repeats vary by ±15 %).
+  for (int rep = 0; rep < 7; ++rep)
     for (auto& v : vs) {
       qwen::Decoder dec(*v.model, 1);
       qwen::KvCache cache(v.cfg, 1, n_decode + 1);
@@ -144,6 +158,7 @@ int main(int argc, char** argv) {
                 st * 1e3, st / step0, de * 1e6, de / dec0, double(v.tm->activation_bytes()) / 1e6,
                 double(v.tm->activation_bytes()) / double(act0), (long long)v.tm->n_params());
   }
+  if (vs.size() < 3) return 0;
   // Spec §7.4 with block recomputation (L_r sub-layers per block) vs what TrainModel keeps.
   const int64_t N = B * T, Lsub = 2 * layers, C = hidden;
   const double extra_mhc = double(vs[2].tm->activation_bytes()) - double(act0);

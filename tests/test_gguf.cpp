@@ -5,7 +5,7 @@
 // by gen_quant_golden.py): our quantiser must produce its bytes, our dequantiser its floats.
 // Fast kernels are checked against the scalar references on random, odd shapes: the integer
 // kernel's arithmetic exactly (up to f32 summation order), and its distance to the exact product
-// against the proven bound of 8-bit activation rounding (quant_gguf.h).
+// against the proven bound of 16-bit activation rounding (quant_gguf.h).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -54,7 +54,7 @@ std::vector<uint8_t> random_blocks(DType t, int64_t N, int64_t K, std::mt19937& 
       uint16_t h = f32_to_f16(v);
       std::memcpy(&w[o + at], &h, 2);
     };
-    if (t == DType::Q4_0) put(0, sc(g));
+    if (t == DType::Q4_0 || t == DType::Q8_0) put(0, sc(g));
     if (t == DType::Q4_1) put(0, sc(g)), put(2, mn(g));
     if (t == DType::Q4_K) put(0, sc(g) * 0.1f), put(2, sc(g) * 0.1f);
     if (t == DType::Q6_K) put(208, sc(g) * 0.01f);
@@ -128,17 +128,27 @@ TEST(GgufQuant, NibbleOrderOfQ4_0) {
 
 // ---------------------------------------------------------------- kernels vs references
 
+// The decode matvecs with 16-bit activations: Q4_0 / Q4_1 as registered, Q8_0 through
+// gguf::q8_0_matvec_act16 (its registered kernel is ops/q8_0.h's, with f32 activations).
+static void matvec_act16(DType t, const void* w, const float* x, float* y, int64_t N, int64_t K, bool acc) {
+  if (t == DType::Q8_0) ops::gguf::q8_0_matvec_act16(w, x, y, N, K, acc);
+  else ops::quant_kernels(t).matvec(w, x, y, N, K, acc);
+}
+
 TEST(GgufQuant, MatvecWithinActivationRoundingBound) {
   std::mt19937 g(7);
-  for (DType t : {DType::Q4_0, DType::Q4_1}) {
+  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
     for (auto [N, K] : {std::pair<int64_t, int64_t>{1, 32}, {3, 96}, {5, 608}, {67, 160}, {129, 1536}}) {
       SCOPED_TRACE(std::string(dtype_name(t)) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
       auto w = random_blocks(t, N, K, g);
       auto x = random_vec(K, g);
-      std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N));
-      ops::quant_kernels(t).matvec(w.data(), x.data(), y.data(), N, K, false);
-      ops::quant_kernels(t).matvec_ref(w.data(), x.data(), ref.data(), N, K, false);
+      std::vector<float> y(static_cast<size_t>(N));
+      matvec_act16(t, w.data(), x.data(), y.data(), N, K, false);
+      // the exact product (dequantised weights are exact in f32), in double
       auto wf = dequant_all(t, w, N, K);
+      std::vector<double> ref(static_cast<size_t>(N));
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) ref[size_t(n)] += double(wf[size_t(n * K + k)]) * double(x[size_t(k)]);
       for (int64_t n = 0; n < N; ++n) {
         double bound = 0, mag = 0;
         for (int64_t b = 0; b < K / 32; ++b) {
@@ -148,14 +158,14 @@ TEST(GgufQuant, MatvecWithinActivationRoundingBound) {
             wsum += std::fabs(wf[size_t(n * K + 32 * b + j)]);
             mag += std::fabs(wf[size_t(n * K + 32 * b + j)] * x[size_t(32 * b + j)]);
           }
-          bound += double(amax) / 127.0 / 2.0 * wsum;
+          bound += double(amax) / 32767.0 / 2.0 * wsum;
         }
-        bound += 1e-6 * mag;  // f32 rounding of the scales and sums
+        bound += double(K / 32 + 8) * 6e-8 * mag;  // f32 rounding: one product and sum per block
         ASSERT_LE(std::fabs(double(y[size_t(n)]) - ref[size_t(n)]), bound) << "row " << n;
       }
       // accumulate mode adds onto y
       std::vector<float> y2(size_t(N), 1.5f);
-      ops::quant_kernels(t).matvec(w.data(), x.data(), y2.data(), N, K, true);
+      matvec_act16(t, w.data(), x.data(), y2.data(), N, K, true);
       for (int64_t n = 0; n < N; ++n) ASSERT_NEAR(y2[size_t(n)], y[size_t(n)] + 1.5f, 1e-5f);
     }
   }
@@ -164,13 +174,13 @@ TEST(GgufQuant, MatvecWithinActivationRoundingBound) {
 TEST(GgufQuant, IntegerKernelMatchesItsScalarReference) {
   if (!cpu_features().avx2) GTEST_SKIP() << "no AVX2 on this CPU: the integer kernel is not used";
   std::mt19937 g(11);
-  for (DType t : {DType::Q4_0, DType::Q4_1}) {
+  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
     const int64_t N = 13, K = 352;
     auto w = random_blocks(t, N, K, g);
     auto x = random_vec(K, g, 3.0f);
-    std::vector<int8_t> q(static_cast<size_t>(K)), q2(static_cast<size_t>(K));
+    std::vector<int16_t> q(static_cast<size_t>(K)), q2(static_cast<size_t>(K));
     std::vector<float> d(static_cast<size_t>(K / 32)), s(static_cast<size_t>(K / 32)), d2(d.size()), s2(s.size());
-    ops::gguf::Q8Act a{q.data(), d.data(), s.data()}, r{q2.data(), d2.data(), s2.data()};
+    ops::gguf::QAct a{q.data(), d.data(), s.data()}, r{q2.data(), d2.data(), s2.data()};
     ops::gguf::avx2::quantize_act(x.data(), K, a);
     ops::gguf::quantize_act_ref(x.data(), K, r);
     ASSERT_EQ(q, q2);
@@ -178,12 +188,19 @@ TEST(GgufQuant, IntegerKernelMatchesItsScalarReference) {
     for (size_t b = 0; b < s.size(); ++b) ASSERT_NEAR(s[b], s2[b], 1e-6f * std::fabs(s2[b]) + 1e-12f);
     std::vector<float> y(static_cast<size_t>(N));
     if (t == DType::Q4_0) ops::gguf::avx2::matvec_rows_q4_0(w.data(), a, y.data(), 0, N, K, false);
-    else ops::gguf::avx2::matvec_rows_q4_1(w.data(), a, y.data(), 0, N, K, false);
+    else if (t == DType::Q4_1) ops::gguf::avx2::matvec_rows_q4_1(w.data(), a, y.data(), 0, N, K, false);
+    else ops::gguf::avx2::matvec_rows_q8_0(w.data(), a, y.data(), 0, N, K, false);
     const size_t rb = dtype_row_bytes(t, K);
+    auto wf = dequant_all(t, w, N, K);
     for (int64_t n = 0; n < N; ++n) {
       const void* row = w.data() + size_t(n) * rb;
-      const float want = t == DType::Q4_0 ? ops::gguf::dot_q4_0_q8_ref(row, r, K) : ops::gguf::dot_q4_1_q8_ref(row, r, K);
-      ASSERT_NEAR(y[size_t(n)], want, 2e-5f * (std::fabs(want) + 1.0f)) << dtype_name(t) << " row " << n;
+      const float want = t == DType::Q4_0   ? ops::gguf::dot_q4_0_act_ref(row, r, K)
+                         : t == DType::Q4_1 ? ops::gguf::dot_q4_1_act_ref(row, r, K)
+                                            : ops::gguf::dot_q8_0_act_ref(row, r, K);
+      double mag = 0;
+      for (int64_t k = 0; k < K; ++k) mag += std::fabs(double(wf[size_t(n * K + k)]) * x[size_t(k)]);
+      // same integers; only f32 rounding of the per-block products and their sum differs
+      ASSERT_NEAR(y[size_t(n)], want, double(K / 32 + 8) * 6e-8 * mag) << dtype_name(t) << " row " << n;
     }
   }
 }

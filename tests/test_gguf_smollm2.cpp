@@ -6,10 +6,11 @@
 //
 // Logit tolerance. Our prefill multiplies the dequantised Q4_1 weights with exact f32
 // activations (ops/quant_gguf.h), so ours and the float64 reference differ only by f32 rounding;
-// kRefTol bounds that. llama.cpp rounds every activation vector to 8-bit blocks (Q8_1) before its
-// integer dot products, which moves its logits by up to d_llama (measured against the reference
-// over the whole vocabulary by the generator and stored in the golden file). By the triangle
-// inequality |ours - llama| <= d_llama + kRefTol: that is the bound we assert against llama.cpp.
+// kRefTol bounds that (measured 4e-5). llama.cpp rounds every activation vector to 8-bit blocks
+// (Q8_1 / Q8_0) before its integer dot products, which moves its logits by up to d_llama (0.97,
+// measured against the reference over the whole vocabulary by the generator and stored in the
+// golden file). By the triangle inequality |ours - llama| <= d_llama + kRefTol: that is the bound
+// we assert against llama.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -29,9 +30,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// f32 rounding over 30 layers of a 576-wide model, measured at about 2e-3 on logits of size ~20;
-// 1e-2 leaves room for other summation orders (thread counts, ISA paths).
-constexpr double kRefTol = 1e-2;
+// f32 rounding over 30 layers of a 576-wide model: measured 4e-5 on logits of size ~20 (AVX2,
+// 2 threads); 1e-3 leaves room for other summation orders (thread counts, the scalar path).
+constexpr double kRefTol = 1e-3;
 
 std::string model_path() {
   if (const char* e = std::getenv("QWEN_GGUF_SMOLLM2")) return e;
@@ -131,15 +132,12 @@ TEST_F(SmolLM2, LogitsMatchReferenceAndLlamaCpp) {
 }
 
 // Greedy continuations (tests/test_gguf_util.h has the argument): we must agree with llama.cpp
-// token for token until a step where the exact model's choice is within our measured rounding
-// error (a near-tie), our error on the deciding tokens must not exceed llama.cpp's own (d_top:
-// both round activations to 8 bits in decode), and several prompts (>= 3) must agree for >= 32
-// tokens.
-// DISABLED while issue 9 is open: measured 2026-11-27, greedy text agrees with llama.cpp for only
-// 3-48 of 48 tokens on 4 of 5 prompts (llama.cpp quantises activations to 8 bits in its Q4_1 dot
-// products; our logits are 4e-5 from a float64 reference). Run it with
-// --gtest_also_run_disabled_tests; re-enable when the comparison is resolved.
-TEST_F(SmolLM2, DISABLED_GreedyContinuationsAgreeWithLlamaCpp) {
+// token for token until a step where the exact model's choice is within twice our measured error
+// (our decode rounds activations to 16 bits: about 0.001-0.007 on these logits), our error on
+// the deciding tokens must not exceed llama.cpp's own (d_top, 0.5-1.2: it rounds activations to
+// 8 bits), and several prompts (>= 3 of 12) must agree for >= 32 tokens. Measured: 6 of 12 agree
+// for all 48 tokens; at every split llama.cpp's token was not the exact argmax.
+TEST_F(SmolLM2, GreedyContinuationsAgreeWithLlamaCpp) {
   int long_agreements = 0;
   for (const auto& g : (*golden_)["greedy"]) {
     const std::vector<int32_t> prompt = g["ids"];

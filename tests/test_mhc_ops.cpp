@@ -557,6 +557,107 @@ TEST(MhcKernels, FloatMatchesRefAndDoubleOnOddShapes) {
               worst_coef, worst_bwd);
 }
 
+// The one-pass site backward (mhc_site_backward_streams: AVX2 for mHC) against its definition,
+// the composition of the three backward functions (float64, and the float scalar _ref), on odd
+// shapes, token counts that are not multiples of the 8-token groups, and a batch large enough to
+// split over threads. Starting values of the outputs: g_X and g_h_pre garbage (overwritten), the
+// parameter gradients nonzero (accumulated).
+TEST(MhcKernels, FusedSiteBackwardMatchesComposition) {
+  double worst = 0;
+  struct Shape {
+    int64_t n, C, T;
+  };
+  std::vector<Shape> shapes;
+  for (int64_t n : {1, 2, 3, 4, 5, 9})
+    for (int64_t C : {1, 7, 37, 100})
+      for (int64_t T : {1, 5, 8, 9, 21}) shapes.push_back({n, C, T});
+  shapes.push_back({4, 256, 67});
+  shapes.push_back({3, 61, 300});
+  for (HcMode mode : {HcMode::Mhc, HcMode::Hc})
+    for (const Shape& sh : shapes) {
+      const int64_t n = sh.n, C = sh.C, T = sh.T;
+      SCOPED_TRACE("mode " + std::to_string(int(mode)) + " n " + std::to_string(n) + " C " +
+                   std::to_string(C) + " T " + std::to_string(T));
+      Site s = make_site(mode, n, C, T, 17 * n + 3 * C + T);
+      const MhcDims& d = s.d;
+      const std::vector<float> Xf = to_f(normal(size_t(T * n * C), 1.0, 41 + n + C + T)),
+                               Gf = to_f(normal(size_t(T * n * C), 1.0, 42 + n + C + T)),
+                               guf = to_f(normal(size_t(T * C), 1.0, 43 + n + C + T)),
+                               ghqf = to_f(normal(size_t(T * n), 1.0, 44 + n + C + T)),
+                               ghrf = to_f(normal(size_t(T * n * n), 1.0, 45 + n + C + T));
+      const std::vector<float> phif = to_f(s.phi), biasf = to_f(s.bias), alphaf = to_f(s.alpha);
+      const MhcParams<float> pf{phif.data(), biasf.data(), alphaf.data()};
+      std::vector<float> cbf(size_t(mhc_coefs_size(T, n)));
+      const MhcCoefs<float> cf = mhc_coefs_view(cbf.data(), T, n);
+      mhc_coefficients_forward(d, pf, Xf.data(), T, cf);
+      // Float64 on the same (float) inputs and coefficients.
+      const auto up = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+      std::vector<double> cbd = up(cbf);
+      const MhcCoefs<double> cd = mhc_coefs_view(cbd.data(), T, n);
+      const std::vector<double> Xd = up(Xf), Gd = up(Gf), gud = up(guf), ghqd = up(ghqf),
+                                ghrd = up(ghrf), phid = up(phif), biasd = up(biasf),
+                                alphad = up(alphaf);
+      std::vector<double> gXd(Xd.size(), 7.0), ghpd(size_t(T * n), 7.0),
+          bphid(phid.size(), 0.25), bbd(biasd.size(), 0.5), bad(3, 1.0);
+      mhc_site_backward_streams(d, MhcParams<double>{phid.data(), biasd.data(), alphad.data()},
+                                Xd.data(), cd, Gd.data(), gud.data(), ghqd.data(), ghrd.data(), T,
+                                ghpd.data(), gXd.data(),
+                                MhcGrads<double>{bphid.data(), bbd.data(), bad.data()});
+      for (int ref = 0; ref < 2; ++ref) {
+        std::vector<float> gX(Xf.size(), 7.0f), ghp(size_t(T * n), 7.0f),
+            bphi(phif.size(), 0.25f), bb(biasf.size(), 0.5f), ba(3, 1.0f);
+        const MhcGrads<float> gf{bphi.data(), bb.data(), ba.data()};
+        if (ref)
+          mhc_site_backward_streams_ref(d, pf, Xf.data(), cf, Gf.data(), guf.data(), ghqf.data(),
+                                        ghrf.data(), T, ghp.data(), gX.data(), gf);
+        else
+          mhc_site_backward_streams(d, pf, Xf.data(), cf, Gf.data(), guf.data(), ghqf.data(),
+                                    ghrf.data(), T, ghp.data(), gX.data(), gf);
+        const double tol = 2e-5;  // as the coefficient backward test above
+        double sc;
+        for (auto [f, dd] : {std::pair{&gX, &gXd}, {&ghp, &ghpd}, {&bphi, &bphid}, {&bb, &bbd},
+                             {&ba, &bad}}) {
+          const double e = max_abs_diff(f->data(), dd->data(), dd->size(), &sc);
+          EXPECT_LE(e, tol * (1 + sc)) << "ref " << ref;
+          worst = std::max(worst, e / (1 + sc));
+        }
+      }
+    }
+  std::printf("  one-pass site backward vs float64 composition: max rel. error %.2e\n", worst);
+}
+
+// A single token (the decode step) takes other code paths than a batch (phi rows split over the
+// threads; for n <= 4 a one-token Sinkhorn on row vectors): the coefficients of each token alone
+// must be bit for bit those it gets inside a batch of 8 (the 8-lane path).
+TEST(MhcKernels, SingleTokenEqualsBatchBitForBit) {
+  for (int64_t n : {1, 2, 3, 4, 5})
+    for (int64_t C : {7, 256}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " C " + std::to_string(C));
+      const int64_t T = 8;
+      Site s = make_site(HcMode::Mhc, n, C, T, 900 + n + C);
+      // make_site's logits are of scale ~5, so Sinkhorn has work to do.
+      const std::vector<float> X = to_f(normal(size_t(T * n * C), 1.0, 77 + n));
+      const std::vector<float> phi = to_f(s.phi), bias = to_f(s.bias), alpha = to_f(s.alpha);
+      const MhcParams<float> p{phi.data(), bias.data(), alpha.data()};
+      std::vector<float> cb(size_t(mhc_coefs_size(T, n)));
+      const MhcCoefs<float> c = mhc_coefs_view(cb.data(), T, n);
+      mhc_coefficients_forward(s.d, p, X.data(), T, c);
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<float> c1b(size_t(mhc_coefs_size(1, n)));
+        const MhcCoefs<float> c1 = mhc_coefs_view(c1b.data(), 1, n);
+        mhc_coefficients_forward(s.d, p, X.data() + t * n * C, 1, c1);
+        for (int64_t k = 0; k < n * n; ++k) {
+          ASSERT_TRUE(std::isfinite(c1.h_res[k])) << t;
+          ASSERT_EQ(c1.h_res[k], c.h_res[t * n * n + k]) << t;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          ASSERT_EQ(c1.h_pre[k], c.h_pre[t * n + k]) << t;
+          ASSERT_EQ(c1.h_post[k], c.h_post[t * n + k]) << t;
+        }
+      }
+    }
+}
+
 // Sizes where the kernels split tokens over threads: same results as the scalar references.
 TEST(MhcKernels, LargeBatchMatchesRef) {
   const int64_t T = 67, n = 4, C = 256;

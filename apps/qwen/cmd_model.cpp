@@ -1,6 +1,8 @@
 // apps/qwen/cmd_model.cpp — model commands: init (random-weight folder), info, generate, eval,
-// bench, and forward (logits dump for interoperability checks).
+// bench, and forward (logits dump for interoperability checks). generate, eval and forward take
+// --adapter DIR: a PEFT LoRA adapter attached to the loaded base, unmerged.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +22,7 @@
 #include "model/model.h"
 #include "qwen/error.h"
 #include "qwen/tokenizer.h"
+#include "train/lora.h"
 
 namespace qwen::cli {
 
@@ -31,14 +34,27 @@ namespace {
 struct ModelArgs {
   std::string model;
   std::string dtype;  // convert matrices on load
+  std::string adapter;  // LoRA adapter folder ("" = none)
   int threads = 0;
 };
 
-void add_model_args(CLI::App* c, ModelArgs& a) {
+// A loaded model and the adapter attached to it (declared first: it outlives the model's use).
+struct LoadedModel {
+  std::unique_ptr<train::LoraAdapter> adapter;
+  std::unique_ptr<Model> model;
+  Model* operator->() const { return model.get(); }
+  Model& operator*() const { return *model; }
+};
+
+void add_model_args(CLI::App* c, ModelArgs& a, bool with_adapter = false) {
   c->add_option("--model", a.model, "Hugging Face model folder (config.json + safetensors)")
       ->required();
   c->add_option("--dtype", a.dtype, "convert weight matrices on load: f32, bf16 or f16");
   c->add_option("--threads", a.threads, "threads for the kernels (default: all cores)");
+  if (with_adapter)
+    c->add_option("--adapter", a.adapter,
+                  "LoRA adapter folder (PEFT: adapter_config.json + adapter_model.safetensors), "
+                  "applied unmerged");
 }
 
 bool parse_dtype(const std::string& s, DType* out) {
@@ -49,13 +65,22 @@ bool parse_dtype(const std::string& s, DType* out) {
   return true;
 }
 
-std::unique_ptr<Model> load_model(const ModelArgs& a) {
+LoadedModel load_model(const ModelArgs& a) {
   set_num_threads(a.threads);
-  if (a.dtype.empty()) return Model::load(a.model);
-  DType dt;
-  if (!parse_dtype(a.dtype, &dt))
-    throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
-  return Model::load(a.model, &dt);
+  LoadedModel r;
+  if (a.dtype.empty()) {
+    r.model = Model::load(a.model);
+  } else {
+    DType dt;
+    if (!parse_dtype(a.dtype, &dt))
+      throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
+    r.model = Model::load(a.model, &dt);
+  }
+  if (!a.adapter.empty()) {  // before any Decoder is built: it sizes its LoRA scratch then
+    r.adapter = train::LoraAdapter::load(a.adapter, r.model->config());
+    r.adapter->attach(*r.model);
+  }
+  return r;
 }
 
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
@@ -323,6 +348,7 @@ void cmd_eval(const ModelArgs& a, const std::string& ids_file, const std::string
   std::vector<float> logits(size_t(chunk * V));
   double nll = 0;
   int64_t scored = 0;      // tokens predicted so far: ids[1 .. scored]
+  const bool progress_tty = isatty(STDERR_FILENO) != 0;
   int64_t begin = 0;
   auto t0 = std::chrono::steady_clock::now();
   while (scored < N - 1) {
@@ -346,7 +372,7 @@ void cmd_eval(const ModelArgs& a, const std::string& ids_file, const std::string
     }
     if (end == N) break;
     begin += stride;
-    if (!as_json)
+    if (!as_json && progress_tty)  // a log file gets no carriage-return progress
       std::fprintf(stderr, "\r  scored %lld / %lld tokens", (long long)scored, (long long)(N - 1));
   }
   const double secs =
@@ -356,7 +382,7 @@ void cmd_eval(const ModelArgs& a, const std::string& ids_file, const std::string
     std::cout << json{{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", N - 1}}.dump()
               << "\n";
   } else {
-    std::fprintf(stderr, "\r");
+    if (progress_tty) std::fprintf(stderr, "\r");
     std::printf("loss %.6f nats/token, perplexity %.4f over %lld predicted tokens "
                 "(context %lld, stride %lld, %.1f tok/s)\n",
                 loss, std::exp(loss), (long long)(N - 1), (long long)ctx, (long long)stride,
@@ -471,7 +497,7 @@ void add_model_commands(CLI::App& app) {
   {
     auto* c = app.add_subcommand("generate", "generate text from a prompt");
     static GenArgs a;
-    add_model_args(c, a.m);
+    add_model_args(c, a.m, true);
     c->add_option("--prompt", a.prompt, "prompt text (needs tokenizer.json in the model folder)");
     c->add_option("--prompt-ids", a.prompt_ids, "prompt as token ids, e.g. 1,2,3");
     c->add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate (default 64)");
@@ -493,7 +519,7 @@ void add_model_commands(CLI::App& app) {
     static std::string ids_file, text_file;
     static int64_t context = 0, stride = 0;
     static bool j = false;
-    add_model_args(c, a);
+    add_model_args(c, a, true);
     c->add_option("--ids-file", ids_file, "token ids, whitespace- or comma-separated");
     c->add_option("--text", text_file, "UTF-8 text, tokenised with the model folder's tokenizer");
     c->add_option("--context", context, "window length (default: the model's context)");
@@ -518,7 +544,7 @@ void add_model_commands(CLI::App& app) {
     auto* c = app.add_subcommand("forward", "write the logits of a token sequence (float32, (T, V))");
     static ModelArgs a;
     static std::string ids, out;
-    add_model_args(c, a);
+    add_model_args(c, a, true);
     c->add_option("--prompt-ids", ids, "token ids, e.g. 1,2,3")->required();
     c->add_option("--out", out, "output file")->required();
     c->callback([&]() { cmd_forward(a, ids, out); });

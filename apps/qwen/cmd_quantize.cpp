@@ -1,19 +1,14 @@
 // apps/qwen/cmd_quantize.cpp — `qwen quantize --model DIR --type nf4|q8_0 --out DIR
-// [--no-double-quant] [--dtype bf16]`: writes a quantised model folder (io/quantized_folder.h)
-// that generate, eval, bench and serve load unchanged. The tokenizer and other side files of the
-// source folder are copied along.
-#include <chrono>
+// [--no-double-quant] [--dtype bf16]`: writes a quantised model folder (qwen/quantize.h) that
+// generate, eval, bench and serve load unchanged. The tokenizer and other side files of the
+// source folder are copied along. Uses only the public API.
 #include <cstdio>
-#include <filesystem>
 
 #include "commands.h"
-#include "io/quantized_folder.h"
-#include "model/model.h"
 #include "qwen/error.h"
+#include "qwen/quantize.h"
 
 namespace qwen::cli {
-
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -23,44 +18,24 @@ struct QuantizeArgs {
 };
 
 void run_quantize(const QuantizeArgs& a) {
-  io::QuantizeOptions opt;
-  if (a.type == "nf4") opt.type = DType::NF4;
-  else if (a.type == "q8_0") opt.type = DType::Q8_0;
-  else throw Error("--type '" + a.type + "' is not one of nf4, q8_0");
-  opt.double_quant = !a.no_double_quant;
-  if (a.no_double_quant && opt.type != DType::NF4)
+  const WeightType type = parse_weight_type(a.type, "--type");
+  if (type != WeightType::NF4 && type != WeightType::Q8_0)
+    throw Error("--type '" + a.type + "' is not one of nf4, q8_0");
+  if (a.no_double_quant && type != WeightType::NF4)
     throw Error("--no-double-quant applies to --type nf4 only");
-  if (fs::exists(a.out) && fs::equivalent(a.out, a.model))
-    throw Error("--out must differ from --model (the source folder would be overwritten)");
-  DType dt = DType::F32;
-  const DType* want = nullptr;
+  QuantizeOptions opt;
+  opt.double_quant = !a.no_double_quant;
   if (!a.dtype.empty()) {
-    if (a.dtype == "f32") dt = DType::F32;
-    else if (a.dtype == "bf16") dt = DType::BF16;
-    else if (a.dtype == "f16") dt = DType::F16;
-    else throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
-    want = &dt;
+    opt.unquantized_type = parse_weight_type(a.dtype, "--dtype");
+    if (opt.unquantized_type != WeightType::F32 && opt.unquantized_type != WeightType::BF16 &&
+        opt.unquantized_type != WeightType::F16)
+      throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
   }
-  const auto t0 = std::chrono::steady_clock::now();
-  auto m = Model::load(a.model, want);
-  io::save_quantized_folder(*m, a.out, opt);
-  // Side files (tokenizer, chat template, ...) travel with the weights.
-  for (const auto& e : fs::directory_iterator(a.model)) {
-    if (!e.is_regular_file()) continue;
-    const std::string name = e.path().filename().string();
-    if (name == "config.json" || name == "generation_config.json" ||
-        name == "model.safetensors.index.json" || e.path().extension() == ".safetensors")
-      continue;
-    fs::copy_file(e.path(), fs::path(a.out) / name, fs::copy_options::overwrite_existing);
-  }
-  size_t bytes = 0;
-  for (const auto& e : fs::directory_iterator(a.out))
-    if (e.path().extension() == ".safetensors") bytes += size_t(e.file_size());
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const QuantizeReport r = quantize(a.model, type, a.out, opt);
   std::printf("wrote %s (%s%s): %.1f MiB of weights, %.2f bits per parameter, %.1f s\n",
               a.out.c_str(), a.type.c_str(),
-              opt.type == DType::NF4 ? (opt.double_quant ? ", double quant" : ", plain absmax") : "",
-              double(bytes) / (1024.0 * 1024.0), 8.0 * double(bytes) / double(m->num_parameters()), s);
+              type == WeightType::NF4 ? (opt.double_quant ? ", double quant" : ", plain absmax") : "",
+              double(r.weight_file_bytes) / (1024.0 * 1024.0), r.bits_per_parameter, r.seconds);
 }
 
 }  // namespace

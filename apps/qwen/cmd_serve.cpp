@@ -1,4 +1,5 @@
-// apps/qwen/cmd_serve.cpp — `qwen serve`: loads a model folder (and its tokenizer when present),
+// apps/qwen/cmd_serve.cpp — `qwen serve`: loads a model folder (and its tokenizer when present,
+// and a LoRA adapter with --adapter, attached unmerged),
 // starts the continuous-batching engine and the OpenAI-compatible HTTP server, and runs until
 // SIGINT/SIGTERM, then shuts down gracefully (503 for new requests, in-flight ones finish within
 // --shutdown-grace seconds, the rest are cancelled) and exits 0.
@@ -20,6 +21,7 @@
 #include "serve/engine.h"
 #include "serve/http_server.h"
 #include "serve/paged_cache.h"
+#include "train/lora.h"
 
 namespace qwen::cli {
 
@@ -80,8 +82,6 @@ void cmd_serve(const ServeArgs& a) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  if (!a.adapter.empty())
-    throw Error("--adapter: LoRA adapters are not supported by this build yet; serve a merged model folder");
   if (a.port < 0 || a.port > 65535) throw Error("--port must be in 0 .. 65535");
   set_num_threads(a.threads);
   std::unique_ptr<Model> model;
@@ -94,6 +94,12 @@ void cmd_serve(const ServeArgs& a) {
     else if (a.dtype == "f16" || a.dtype == "float16") dt = DType::F16;
     else throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
     model = Model::load(a.model, &dt);
+  }
+  // A LoRA adapter runs unmerged; attached before the engine builds its decoder.
+  std::unique_ptr<train::LoraAdapter> adapter;
+  if (!a.adapter.empty()) {
+    adapter = train::LoraAdapter::load(a.adapter, model->config());
+    adapter->attach(*model);
   }
   std::unique_ptr<Tokenizer> tok;
   tok = io::load_model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
@@ -134,9 +140,11 @@ void cmd_serve(const ServeArgs& a) {
 
   const ModelConfig& c = model->config();
   const auto& rc = engine.config();
-  std::printf("qwen serve: model '%s' (%s, %.1fM parameters, %s), tokenizer: %s\n",
+  std::printf("qwen serve: model '%s' (%s, %.1fM parameters, %s%s), tokenizer: %s\n",
               so.model_name.c_str(), c.architecture.c_str(), model->num_parameters() / 1e6,
-              dtype_name(model->matrix_dtype()), tok ? "yes" : "no (token-id prompts only)");
+              dtype_name(model->matrix_dtype()),
+              adapter ? (", LoRA adapter " + a.adapter + " r " + std::to_string(adapter->config().r)).c_str() : "",
+              tok ? "yes" : "no (token-id prompts only)");
   std::printf("qwen serve: KV cache %d blocks of %d tokens (%.1f MiB), context %lld, "
               "max running %lld, queue %lld, step budget %lld tokens (prefill %lld while "
               "decoding)\n",
@@ -174,7 +182,7 @@ void add_serve_commands(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching");
   c->add_option("--model", a->model, "Hugging Face model folder (config.json + safetensors [+ tokenizer.json])")->required();
-  c->add_option("--adapter", a->adapter, "LoRA adapter folder (not supported yet)");
+  c->add_option("--adapter", a->adapter, "LoRA adapter folder (PEFT format), applied unmerged");
   c->add_option("--host", a->host, "address to bind (default 127.0.0.1: this machine only)");
   c->add_option("--port", a->port, "port (default 8080; 0 = any free port, printed at start)");
   c->add_option("--api-key", a->api_key, "require 'Authorization: Bearer KEY' on /v1/*")->envname("QWEN_API_KEY");

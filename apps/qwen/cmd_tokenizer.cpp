@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "commands.h"
-#include "core/cpu.h"
 #include "qwen/error.h"
+#include "qwen/runtime.h"
 #include "qwen/tokenizer.h"
 
 namespace qwen::cli {

@@ -12,5 +12,6 @@ void add_serve_commands(CLI::App& app);      // serve (cmd_serve.cpp)
 void add_quantize_commands(CLI::App& app);   // quantize (cmd_quantize.cpp)
 void add_train_commands(CLI::App& app);      // data prepare, train (cmd_train.cpp)
 void add_gguf_commands(CLI::App& app);       // export, chat (cmd_gguf.cpp)
+void add_finetune_commands(CLI::App& app);   // finetune, merge, sft-eval (cmd_finetune.cpp)
 
 }  // namespace qwen::cli

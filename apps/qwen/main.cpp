@@ -4,17 +4,19 @@
 
 #include "commands.h"
 #include "qwen/error.h"
+#include "qwen/version.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"qwen — train, fine-tune, evaluate and serve Qwen-style language models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("qwen ") + QWEN_VERSION);
+  app.set_version_flag("--version", std::string("qwen ") + qwen::version());
   qwen::cli::add_model_commands(app);
   qwen::cli::add_tokenizer_commands(app);
   qwen::cli::add_serve_commands(app);
   qwen::cli::add_quantize_commands(app);
   qwen::cli::add_train_commands(app);
   qwen::cli::add_gguf_commands(app);
+  qwen::cli::add_finetune_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -13,6 +13,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <omp.h>
+
 #include "core/cpu.h"
 #include "ops/matmul.h"
 #include "qwen/error.h"
@@ -34,6 +36,14 @@ void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const floa
                                   const float* F, const float* G, int64_t n_tok, int64_t n,
                                   int64_t C, float* g_X, float* g_h_res, float* g_h_post,
                                   float* g_F);
+void mhc_stream_grad_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
+                          const float* h_pre, const float* gm, const float* coef,
+                          const float* phi_p, int64_t count, int64_t n, int64_t C, float* g_X,
+                          float* gphi_p, int64_t next_count);
+int64_t mhc_packed_phi_size(int64_t n, int64_t C);
+void mhc_pack_phi_avx2(const float* phi, int64_t n, int64_t C, float* out);
+void mhc_unpack_add_phi_avx2(const float* parts, int n_parts, int64_t stride, int64_t n, int64_t C,
+                             int64_t blk0, int64_t blk1, float* g_phi);
 void mhc_sinkhorn8_forward_avx2(const float* Z, float* H, int count, int64_t n, int iters);
 void mhc_sinkhorn8_backward_avx2(const float* Z, const float* g_H, float* g_Z, int count, int64_t n,
                                  int iters, float* work);
@@ -439,6 +449,126 @@ void coefficients_backward_impl(const MhcDims& d, const MhcParams<T>& p, const T
                    use_avx2<T>(simd));
 }
 
+// mHC, AVX2: the rest of a site's backward in one pass over the streams, 8 tokens at a time
+// (one per Sinkhorn lane): g_h_pre from the dots <g_u, X[j]>, the gate and Sinkhorn backward,
+// g_m and the RMS term, then g_X = H_resᵀ·G + h_pre ⊗ g_u + g_m·phi − coef·X written once and
+// g_phi += g_mᵀ·X into a per-thread partial (summed in thread order afterwards, so the result does
+// not depend on timing). Scratch: one calling-thread buffer, grown and kept (training path).
+void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const float* X,
+                         const MhcCoefs<float>& co, const float* G, const float* g_u,
+                         const float* g_h_post, const float* g_h_res, int64_t n_tok,
+                         float* g_h_pre, float* g_X, const MhcGrads<float>& g) {
+  const int64_t n = d.n, C = d.C, nc = n * C, K = d.K(), nn = n * n, n_groups = (n_tok + 7) / 8;
+  const bool par = n_tok > 8 && n_tok * K * nc >= kParallelMinWork;
+  const int n_thr = par ? std::max(1, omp_get_max_threads()) : 1;
+  const int64_t wsize = 8 * sinkhorn_work_size(n, d.iters) + 8;
+  const int64_t np = detail::mhc_packed_phi_size(n, d.C), nblk = n * ((d.C + 7) / 8);
+  const int64_t per = np + K + 3 + wsize;  // per thread: phi, bias, alpha partials, trace
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < size_t(np + n_thr * per)) scratch.resize(size_t(np + n_thr * per));
+  float* const phi_p = scratch.data();  // phi packed
+  float* const sbase = phi_p + np;
+  detail::mhc_pack_phi_avx2(p.phi, n, d.C, phi_p);
+  for (int t = 0; t < n_thr; ++t)  // zeroed here: a smaller team than asked leaves some unused
+    std::fill(sbase + t * per, sbase + t * per + np + K + 3, 0.0f);
+#pragma omp parallel num_threads(n_thr) if (par)
+  {
+    const int th = omp_get_thread_num();
+    float* pphi = sbase + th * per;
+    float* pb = pphi + np;
+    float* pa = pb + K;
+    float* work = pa + 3;
+#pragma omp for schedule(static)
+    for (int64_t gi = 0; gi < n_groups; ++gi) {
+      const int64_t t0 = gi * 8, count = std::min<int64_t>(8, n_tok - t0);
+      constexpr int64_t kK = kMhcMaxStreams * kMhcMaxStreams + 2 * kMhcMaxStreams;
+      float ghp[8 * kMhcMaxStreams], gz[8 * kK], gm[8 * kK], coef[8];
+      float zres[8 * kMhcMaxStreams * kMhcMaxStreams], gres[8 * kMhcMaxStreams * kMhcMaxStreams];
+      std::fill(ghp, ghp + count * n, 0.0f);
+      detail::mhc_pre_aggregate_backward_avx2(X + t0 * nc, co.h_pre + t0 * n, g_u + t0 * C, count,
+                                              n, C, nullptr, ghp);
+      std::copy(ghp, ghp + count * n, g_h_pre + t0 * n);
+      for (int64_t l = 0; l < count; ++l) {
+        const int64_t t = t0 + l;
+        float* gzt = gz + l * K;
+        for (int64_t i = 0; i < n; ++i) {
+          const float h = co.h_pre[t * n + i];  // h = σ(z): dh/dz = h(1 − h)
+          gzt[i] = ghp[l * n + i] * h * (1.0f - h);
+          const float hp = co.h_post[t * n + i];  // h = 2σ(z): dh/dz = h(1 − h/2)
+          gzt[n + i] = g_h_post ? g_h_post[t * n + i] * hp * (1.0f - 0.5f * hp) : 0.0f;
+        }
+        if (g_h_res) {  // z_res again, exactly as the forward computed it
+          float z[kK];
+          mhc_logits(n, K, co.r[t * n], co.proj + t * K, p, z);
+          std::copy(z + 2 * n, z + K, zres + l * nn);
+        } else {
+          std::fill(gzt + 2 * n, gzt + K, 0.0f);
+        }
+      }
+      if (g_h_res) {
+        std::fill(gres, gres + count * nn, 0.0f);
+        detail::mhc_sinkhorn8_backward_avx2(zres, g_h_res + t0 * nn, gres, int(count), n, d.iters,
+                                            work);
+        for (int64_t l = 0; l < count; ++l)
+          std::copy(gres + l * nn, gres + (l + 1) * nn, gz + l * K + 2 * n);
+      }
+      // z_k = r·α_g·m_k + b_k: dz/dm = r·α_g, dz/dr = α_g·m_k; dr/dx = −r³·x/nC.
+      for (int64_t l = 0; l < count; ++l) {
+        const int64_t t = t0 + l;
+        const float* gzt = gz + l * K;
+        const float r = co.r[t * n];
+        float g_r = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const int grp = group_of(k, n);
+          const float a = p.alpha[grp], m = co.proj[t * K + k];
+          gm[l * K + k] = gzt[k] * a * r;
+          g_r += gzt[k] * a * m;
+          pb[k] += gzt[k];
+          pa[grp] += gzt[k] * r * m;
+        }
+        coef[l] = g_r * r * r * r / float(nc);
+      }
+      detail::mhc_stream_grad_avx2(X + t0 * nc, G + t0 * nc, g_u + t0 * C, co.h_res + t0 * nn,
+                                   co.h_pre + t0 * n, gm, coef, phi_p, count, n, C, g_X + t0 * nc,
+                                   pphi, std::clamp<int64_t>(n_tok - t0 - 8, 0, 8));
+    }
+    if (g.phi) {  // the partials in thread order (after the loop's barrier), by column blocks
+      const int nt = omp_get_num_threads();
+      const int64_t b0 = nblk * th / nt, b1 = nblk * (th + 1) / nt;
+      detail::mhc_unpack_add_phi_avx2(sbase, n_thr, per, n, d.C, b0, b1, g.phi);
+    }
+  }
+  for (int t = 0; t < n_thr; ++t) {
+    const float* pb = sbase + t * per + np;
+    if (g.bias)
+      for (int64_t k = 0; k < K; ++k) g.bias[k] += pb[k];
+    if (g.alpha)
+      for (int q = 0; q < 3; ++q) g.alpha[q] += pb[K + q];
+  }
+}
+
+template <class T>
+void site_backward_streams_impl(const MhcDims& d, const MhcParams<T>& p, const T* X,
+                                const MhcCoefs<T>& co, const T* G, const T* g_u,
+                                const T* g_h_post, const T* g_h_res, int64_t n_tok, T* g_h_pre,
+                                T* g_X, const MhcGrads<T>& g, bool simd) {
+  d.validate("mhc_site_backward_streams");
+  const int64_t n = d.n, nc = d.n * d.C;
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2<T>(simd) && d.mode == HcMode::Mhc)
+      return fused_site_backward(d, p, X, co, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g);
+  }
+  // The composition this equals: g_X = 0, H_resᵀ·G (the merge backward's g_X part), the
+  // pre-aggregate backward, the coefficient backward.
+  std::fill(g_X, g_X + n_tok * nc, T(0));
+  std::fill(g_h_pre, g_h_pre + n_tok * n, T(0));
+  post_merge_backward_impl(d, X, co.h_res, co.h_post, X /* F: not read */, G, n_tok, g_X,
+                           static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                           static_cast<T*>(nullptr), simd);
+  pre_aggregate_backward_impl(d, X, co.h_pre, g_u, n_tok, g_X, g_h_pre, simd);
+  coefficients_backward_impl(d, p, X, co, g_h_pre, g_h_post, g_h_res, n_tok, g_X, g, simd);
+}
+
 // Box–Muller normal draws from splitmix64 (the same values on every platform).
 struct InitRng {
   uint64_t s;
@@ -610,6 +740,15 @@ void mhc_coefficients_backward(const MhcDims& d, const MhcParams<T>& p, const T*
 }
 
 template <class T>
+void mhc_site_backward_streams(const MhcDims& d, const MhcParams<T>& p, const T* X,
+                               const MhcCoefs<T>& coefs, const T* G, const T* g_u,
+                               const T* g_h_post, const T* g_h_res, int64_t n_tok, T* g_h_pre,
+                               T* g_X, const MhcGrads<T>& g) {
+  site_backward_streams_impl(d, p, X, coefs, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g,
+                             true);
+}
+
+template <class T>
 void mhc_expand(const T* e, int64_t n_tok, int64_t n, int64_t C, T* X) {
   for (int64_t t = 0; t < n_tok; ++t)
     for (int64_t j = 0; j < n; ++j) std::memcpy(X + (t * n + j) * C, e + t * C, sizeof(T) * C);
@@ -643,6 +782,9 @@ void mhc_collapse(const T* X, int64_t n_tok, int64_t n, int64_t C, T* y, bool ac
   template void mhc_coefficients_backward<T>(const MhcDims&, const MhcParams<T>&, const T*,        \
                                              const MhcCoefs<T>&, const T*, const T*, const T*,     \
                                              int64_t, T*, const MhcGrads<T>&);                     \
+  template void mhc_site_backward_streams<T>(const MhcDims&, const MhcParams<T>&, const T*,        \
+                                             const MhcCoefs<T>&, const T*, const T*, const T*,     \
+                                             const T*, int64_t, T*, T*, const MhcGrads<T>&);       \
   template void mhc_expand<T>(const T*, int64_t, int64_t, int64_t, T*);                            \
   template void mhc_collapse<T>(const T*, int64_t, int64_t, int64_t, T*, bool);
 
@@ -675,6 +817,14 @@ void mhc_coefficients_backward_ref(const MhcDims& d, const MhcParams<float>& p, 
                                    const float* g_h_post, const float* g_h_res, int64_t n_tok,
                                    float* g_X, const MhcGrads<float>& g) {
   coefficients_backward_impl(d, p, X, coefs, g_h_pre, g_h_post, g_h_res, n_tok, g_X, g, false);
+}
+
+void mhc_site_backward_streams_ref(const MhcDims& d, const MhcParams<float>& p, const float* X,
+                                   const MhcCoefs<float>& coefs, const float* G, const float* g_u,
+                                   const float* g_h_post, const float* g_h_res, int64_t n_tok,
+                                   float* g_h_pre, float* g_X, const MhcGrads<float>& g) {
+  site_backward_streams_impl(d, p, X, coefs, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g,
+                             false);
 }
 
 // ---- Init

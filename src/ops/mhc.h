@@ -127,6 +127,20 @@ void mhc_coefficients_backward(const MhcDims& d, const MhcParams<T>& p, const T*
                                const MhcCoefs<T>& coefs, const T* g_h_pre, const T* g_h_post,
                                const T* g_h_res, int64_t n_tok, T* g_X, const MhcGrads<T>& g);
 
+// The rest of one site's backward in one call (training): after mhc_post_merge_backward with
+// g_X = null (it gives g_h_res, g_h_post and dL/dF) and the sub-layer's backward (dL/du = g_u
+// (T, C)), with G = dL/dX_out (T, n, C) as given to the merge backward:
+//   g_X (T, n, C) = H_resᵀ·G + [pre-aggregate backward] + [coefficient backward]   OVERWRITTEN
+//   g_h_pre (T, n): required scratch, receives dL/dh_pre (overwritten)
+//   g.phi, g.bias, g.alpha += as in mhc_coefficients_backward (g_h_post, g_h_res may be null).
+// It equals zeroing g_X and calling the three backward functions in turn (the scalar path; the
+// _ref below); the AVX2 mHC path does it in one pass over X and G per 8 tokens.
+template <class T>
+void mhc_site_backward_streams(const MhcDims& d, const MhcParams<T>& p, const T* X,
+                               const MhcCoefs<T>& coefs, const T* G, const T* g_u,
+                               const T* g_h_post, const T* g_h_res, int64_t n_tok, T* g_h_pre,
+                               T* g_X, const MhcGrads<T>& g);
+
 // ---- Sinkhorn (one n×n matrix, row-major, row = destination) -----------------------------------
 
 // H = Sinkhorn(Z): M = exp(Z − max Z), then iters times: divide each column by its sum, then each
@@ -204,5 +218,10 @@ void mhc_coefficients_backward_ref(const MhcDims& d, const MhcParams<float>& p, 
                                    const MhcCoefs<float>& coefs, const float* g_h_pre,
                                    const float* g_h_post, const float* g_h_res, int64_t n_tok,
                                    float* g_X, const MhcGrads<float>& g);
+
+void mhc_site_backward_streams_ref(const MhcDims& d, const MhcParams<float>& p, const float* X,
+                                   const MhcCoefs<float>& coefs, const float* G, const float* g_u,
+                                   const float* g_h_post, const float* g_h_res, int64_t n_tok,
+                                   float* g_h_pre, float* g_X, const MhcGrads<float>& g);
 
 }  // namespace qwen::ops

@@ -1,9 +1,11 @@
 // ops/mhc_avx2.cpp — AVX2 + FMA bodies of the C-wide mHC/HC loops (compiled with -mavx2 -mfma,
 // reached from mhc.cpp after cpu_features() said AVX2 is there): the fused Σx² + projection
-// (rows, cols)·phiᵀ, the pre-aggregation, the post merge and the backward of both. The K-sized
-// coefficient math (gates, Sinkhorn) stays scalar in mhc.cpp; mhc.cpp keeps the scalar
-// references these are tested against.
+// (rows, cols)·phiᵀ (split over the threads by phi rows for decode-sized T), the pre-aggregation,
+// the post merge, the backward of both, the one-pass stream gradient of a site's backward, and
+// Sinkhorn 8 tokens per vector (one token alone, n <= 4: on row vectors). The gate math stays in
+// mhc.cpp, which keeps the scalar references these are tested against.
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -104,9 +106,47 @@ void project_rows(const float* X, int64_t cols, const float* phi, int64_t n_k, f
 
 }  // namespace
 
+// Few rows (decode: T = 1): the phi rows are split over the op threads instead, so reading phi
+// (K·n·C floats, not cache-resident between tokens) goes at the bandwidth of all threads. Same
+// sums in the same order as project_rows<1> (Σx² like the SQ block, each phi row alone).
+static float sumsq_row(const float* x, int64_t cols) {  // as project_block's SQ accumulator
+  __m256 sq = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    sq = _mm256_fmadd_ps(v, v, sq);
+  }
+  if (c < cols) {
+    const __m256 v = _mm256_maskload_ps(x + c, V::mask(cols - c));
+    sq = _mm256_fmadd_ps(v, v, sq);
+  }
+  return V::hsum(sq);
+}
+
+static void project_split_k(const float* X, int64_t rows, int64_t cols, const float* phi,
+                            int64_t n_k, float* proj, float* sumsq) {
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), th = omp_get_thread_num();
+    const int64_t k0 = n_k * th / nt, k1 = n_k * (th + 1) / nt;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* x = X + r * cols;
+      if (th == 0) sumsq[r] = sumsq_row(x, cols);
+      for (int64_t k = k0; k < k1;) {
+        const int b = int(std::min<int64_t>(12, k1 - k));
+        project_block_n<1, false>(b, x, cols, phi + k * cols, proj + r * n_k + k, n_k, nullptr);
+        k += b;
+      }
+    }
+  }
+}
+
 // proj (rows, n_k) = X (rows, cols) · phiᵀ, phi (n_k, cols); sumsq (rows) = Σ_c X[row, c]².
 void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const float* phi,
                             int64_t n_k, float* proj, float* sumsq) {
+  if (rows <= 4 && n_k >= 4 && rows * cols * n_k >= (int64_t(1) << 14) &&
+      omp_get_max_threads() > 1 && !omp_in_parallel())
+    return project_split_k(X, rows, cols, phi, n_k, proj, sumsq);
   const int64_t n_blocks = (rows + 2) / 3;
   const bool par = rows > 3 && rows * cols * n_k >= kParallelMinWork;
   for_each_index(n_blocks, par, [&](int64_t b) {
@@ -337,6 +377,170 @@ void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const floa
   });
 }
 
+// ---- The fused stream gradient of a site's backward (mhc_site_backward_streams) --------------
+// For TB tokens and one column block of one stream j (position pos = j·C + c of n·C):
+//   g_X[t] = Σ_i H[t][i][j]·G[t][i] + h_pre[t][j]·g_u[t] − coef[t]·X[t] + Σ_k gm[t][k]·phi[k]
+//   gphi[k] += Σ_t gm[t][k]·X[t]
+// so X, G and g_u are read once and g_X is written once (not read). phi and the gphi partial are
+// read in the packed layout of mhc_pack_phi_avx2: the K rows of one column block are 8·K
+// contiguous floats, not K rows n·C apart (with n·C a multiple of 1024 those all fall in one L1
+// set and the K loop thrashes it). Registers: TB x, TB acc, phi, gphi, one broadcast.
+
+namespace {
+
+// Software prefetch of up to three byte ranges, a few cache lines per call: the stream pass
+// touches ~7·TB rows n·C apart at once (X, G, g_u, g_X of TB tokens), more than the hardware
+// prefetchers follow, so each group of tokens fetches the next group's X, G and g_u (into L2)
+// while it computes.
+struct RangePrefetch {
+  const char* p[3] = {nullptr, nullptr, nullptr};
+  const char* end[3] = {nullptr, nullptr, nullptr};
+  int r = 0;
+  void step(int lines) {
+    while (lines > 0 && r < 3) {
+      if (p[r] >= end[r]) {
+        ++r;
+        continue;
+      }
+      _mm_prefetch(p[r], _MM_HINT_T1);
+      p[r] += 64;
+      --lines;
+    }
+  }
+};
+
+template <int TB>
+void stream_grad_block(const float* X, const float* G, const float* gu, const float* H,
+                       const float* hpre, const float* gm, const float* coef, const float* phi_p,
+                       int64_t n, int64_t C, int64_t K, float* gX, float* gphi_p,
+                       RangePrefetch& pf, int pf_lines) {
+  const int64_t nc = n * C, nn = n * n, nb = (C + 7) / 8;
+  for (int64_t j = 0; j < n; ++j) {
+    for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+      constexpr bool kFull = decltype(full)::value;
+      const int64_t pos = j * C + c, blk = (j * nb + c / 8) * K * 8;
+      pf.step(pf_lines);
+      __m256 xv[TB], acc[TB];
+      for (int t = 0; t < TB; ++t) {
+        xv[t] = ld<kFull>(X + t * nc + pos, w);
+        __m256 a = _mm256_mul_ps(_mm256_set1_ps(-coef[t]), xv[t]);
+        a = _mm256_fmadd_ps(_mm256_set1_ps(hpre[t * n + j]), ld<kFull>(gu + t * C + c, w), a);
+        const float* Ht = H + t * nn;
+        const float* Gt = G + t * nc;
+        for (int64_t i = 0; i < n; ++i)
+          a = _mm256_fmadd_ps(_mm256_set1_ps(Ht[i * n + j]), ld<kFull>(Gt + i * C + c, w), a);
+        acc[t] = a;
+      }
+      const float* pp = phi_p + blk;
+      float* gp_p = gphi_p + blk;
+      // Two accumulators per token (even and odd k): K-long FMA chains would bound the loop.
+      __m256 acc2[TB];
+      for (int t = 0; t < TB; ++t) acc2[t] = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 2 <= K; k += 2) {
+        const __m256 pv0 = _mm256_loadu_ps(pp + k * 8), pv1 = _mm256_loadu_ps(pp + k * 8 + 8);
+        __m256 gp0 = _mm256_loadu_ps(gp_p + k * 8), gp1 = _mm256_loadu_ps(gp_p + k * 8 + 8);
+        for (int t = 0; t < TB; ++t) {
+          const __m256 g0 = _mm256_broadcast_ss(gm + t * K + k);
+          const __m256 g1 = _mm256_broadcast_ss(gm + t * K + k + 1);
+          acc[t] = _mm256_fmadd_ps(g0, pv0, acc[t]);
+          acc2[t] = _mm256_fmadd_ps(g1, pv1, acc2[t]);
+          gp0 = _mm256_fmadd_ps(g0, xv[t], gp0);
+          gp1 = _mm256_fmadd_ps(g1, xv[t], gp1);
+        }
+        _mm256_storeu_ps(gp_p + k * 8, gp0);
+        _mm256_storeu_ps(gp_p + k * 8 + 8, gp1);
+      }
+      for (; k < K; ++k) {
+        const __m256 pv = _mm256_loadu_ps(pp + k * 8);
+        __m256 gp = _mm256_loadu_ps(gp_p + k * 8);
+        for (int t = 0; t < TB; ++t) {
+          const __m256 g = _mm256_broadcast_ss(gm + t * K + k);
+          acc[t] = _mm256_fmadd_ps(g, pv, acc[t]);
+          gp = _mm256_fmadd_ps(g, xv[t], gp);
+        }
+        _mm256_storeu_ps(gp_p + k * 8, gp);
+      }
+      for (int t = 0; t < TB; ++t) st<kFull>(gX + t * nc + pos, _mm256_add_ps(acc[t], acc2[t]), w);
+    });
+  }
+}
+
+}  // namespace
+
+// Packed phi (n·⌈C/8⌉ blocks of K × 8 floats, lanes past C zero): block (j, b) row k lane l =
+// phi[k][j·C + 8b + l]. unpack_add does g_phi += Σ_p parts[p] for n_parts packed partials
+// `stride` floats apart, over the blocks [b0, b1) (a thread's share).
+int64_t mhc_packed_phi_size(int64_t n, int64_t C) {
+  return n * ((C + 7) / 8) * (n * n + 2 * n) * 8;
+}
+
+void mhc_pack_phi_avx2(const float* phi, int64_t n, int64_t C, float* out) {
+  const int64_t K = n * n + 2 * n, nc = n * C, nb = (C + 7) / 8;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t b = 0; b < nb; ++b) {
+      float* o = out + (j * nb + b) * K * 8;
+      const int64_t w = std::min<int64_t>(8, C - 8 * b);
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t l = 0; l < 8; ++l)
+          o[k * 8 + l] = l < w ? phi[k * nc + j * C + 8 * b + l] : 0.0f;
+    }
+}
+
+void mhc_unpack_add_phi_avx2(const float* parts, int n_parts, int64_t stride, int64_t n, int64_t C,
+                             int64_t blk0, int64_t blk1, float* g_phi) {
+  const int64_t K = n * n + 2 * n, nc = n * C, nb = (C + 7) / 8;
+  for (int64_t q = blk0; q < blk1; ++q) {
+    const int64_t j = q / nb, b = q % nb, w = std::min<int64_t>(8, C - 8 * b);
+    for (int64_t k = 0; k < K; ++k) {
+      __m256 s = _mm256_loadu_ps(parts + (q * K + k) * 8);
+      for (int p = 1; p < n_parts; ++p)
+        s = _mm256_add_ps(s, _mm256_loadu_ps(parts + p * stride + (q * K + k) * 8));
+      float* dst = g_phi + k * nc + j * C + 8 * b;
+      if (w == 8)
+        _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), s));
+      else
+        V::store_n(dst, _mm256_add_ps(V::load_n(dst, w), s), w);
+    }
+  }
+}
+
+// count (>= 1) tokens back to back: X, G, g_X (count, n, C), g_u (count, C), h_res (count, n, n),
+// h_pre (count, n), gm (count, K), coef (count); phi_p packed; gphi_p (packed) accumulates.
+// next_count: the tokens of the next call (X, G, g_u continue right after these), prefetched.
+void mhc_stream_grad_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
+                          const float* h_pre, const float* gm, const float* coef,
+                          const float* phi_p, int64_t count, int64_t n, int64_t C, float* g_X,
+                          float* gphi_p, int64_t next_count) {
+  const int64_t K = n * n + 2 * n, nc = n * C;
+  RangePrefetch pf;
+  const float* starts[3] = {X + count * nc, G + count * nc, g_u + count * C};
+  const int64_t lens[3] = {next_count * nc, next_count * nc, next_count * C};
+  for (int q = 0; q < 3; ++q) {
+    pf.p[q] = reinterpret_cast<const char*>(starts[q]);
+    pf.end[q] = pf.p[q] + 4 * lens[q];
+  }
+  const int64_t iters = ((count + 3) / 4) * n * ((C + 7) / 8);
+  const int pf_lines = int((4 * (2 * nc + C) * next_count / 64 + iters - 1) / iters);
+  for (int64_t t0 = 0; t0 < count; t0 += 4) {
+    const int64_t tb = std::min<int64_t>(4, count - t0);
+    auto run = [&](auto TBc) {
+      constexpr int TB = decltype(TBc)::value;
+      stream_grad_block<TB>(X + t0 * nc, G + t0 * nc, g_u + t0 * C, h_res + t0 * n * n,
+                            h_pre + t0 * n, gm + t0 * K, coef + t0, phi_p, n, C, K, g_X + t0 * nc,
+                            gphi_p, pf, pf_lines);
+    };
+    if (tb == 4)
+      run(std::integral_constant<int, 4>{});
+    else if (tb == 3)
+      run(std::integral_constant<int, 3>{});
+    else if (tb == 2)
+      run(std::integral_constant<int, 2>{});
+    else
+      run(std::integral_constant<int, 1>{});
+  }
+}
+
 // ---- Sinkhorn, 8 tokens at once (token l in lane l)
 // ---------------------------------------------- The same steps in the same order as the scalar
 // sinkhorn_step in mhc.cpp (sums in the same order, reciprocal, multiply); only exp is the vector
@@ -395,7 +599,43 @@ inline void sinkhorn8_step(const __m256* in, __m256* out, __m256* inv, int64_t n
 
 }  // namespace
 
+// One token, n <= 4 (the decode step): the matrix as n row vectors of 4 lanes. A column step is
+// then n vector adds, ONE division and n multiplies (the 8-lane version, built for 8 tokens,
+// spends a division per column and per row on a single token); a row step is a column step of
+// the transpose. Sums in the scalar order (rows 0, 1, ... added in turn), 1/s then multiply, so
+// the values are those of sinkhorn8 (only exp is the vector one).
+static void sinkhorn1_forward_n4(const float* Z, float* H, int64_t n, int iters) {
+  alignas(16) float m[16];
+  for (int k = 0; k < 16; ++k) m[k] = 1.0f;  // padding lanes: 1 (never read back)
+  float mx = Z[0];
+  for (int64_t k = 1; k < n * n; ++k) mx = std::max(mx, Z[k]);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) m[i * 4 + j] = Z[i * n + j] - mx;
+  const __m256 e01 = V::exp(_mm256_load_ps(m)), e23 = V::exp(_mm256_load_ps(m + 8));
+  __m128 r[4] = {_mm256_castps256_ps128(e01), _mm256_extractf128_ps(e01, 1),
+                 _mm256_castps256_ps128(e23), _mm256_extractf128_ps(e23, 1)};
+  for (int64_t i = n; i < 4; ++i) r[i] = _mm_set1_ps(1.0f);
+  const __m128 one = _mm_set1_ps(1.0f);
+  auto col_step = [&](__m128* v) {
+    __m128 s = v[0];
+    for (int64_t i = 1; i < n; ++i) s = _mm_add_ps(s, v[i]);
+    const __m128 inv = _mm_div_ps(one, s);
+    for (int64_t i = 0; i < n; ++i) v[i] = _mm_mul_ps(v[i], inv);
+  };
+  for (int it = 0; it < iters; ++it) {
+    col_step(r);
+    _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]);
+    col_step(r);  // the rows of the original
+    _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    _mm_store_ps(m + i * 4, r[i]);
+    for (int64_t j = 0; j < n; ++j) H[i * n + j] = m[i * 4 + j];
+  }
+}
+
 void mhc_sinkhorn8_forward_avx2(const float* Z, float* H, int count, int64_t n, int iters) {
+  if (count == 1 && n <= 4) return sinkhorn1_forward_n4(Z, H, n, iters);
   const int64_t nn = n * n;
   __m256 M[kMhcMaxStreams * kMhcMaxStreams], inv[kMhcMaxStreams];
   sinkhorn8_start(Z, count, n, M);

@@ -3,8 +3,10 @@
 // exact scalar references for matvec / matmul, and the dispatch to the AVX2 kernels of
 // quant_gguf_avx2.cpp. Registered in the per-format table of ops/quant.h.
 //
-// Decode (matvec): Q4_0 / Q4_1 quantise x to 8-bit blocks once and use integer dot products
-// (AVX2); Q4_K / Q6_K dequantise one row at a time into f32 and take an f32 dot product.
+// Decode (matvec): Q4_0 / Q4_1 quantise x to 16-bit blocks once and use integer dot products
+// (AVX2, error bound in quant_gguf.h); Q4_K / Q6_K dequantise one row at a time into f32 and
+// take an f32 dot product. q8_0_matvec_act16 offers Q8_0 the same integer scheme (its registered
+// kernels live in q8_0.cpp and take f32 activations).
 // Prefill (matmul, M >= kMinGemmRows): weight rows are dequantised in panels of about 4 MiB of f32
 // and multiplied with the f32 GEMM (ops::matmul_dequant_panels of q8_0.h, shared by the block
 // formats), so the quantised matrix is read once per call and the arithmetic is the GEMM's.
@@ -65,12 +67,13 @@ struct Buf {
 };
 thread_local Buf t_act, t_row;
 
-Q8Act act_buffers(int64_t K) {
+QAct act_buffers(int64_t K) {
   const size_t nb = size_t(K / 32);
-  uint8_t* base = static_cast<uint8_t*>(t_act.get(size_t(K) + 8 * nb * sizeof(float) + 64));
-  Q8Act a;
-  a.q = reinterpret_cast<int8_t*>(base);
-  a.d = reinterpret_cast<float*>(base + (size_t(K) + 63) / 64 * 64);
+  const size_t qbytes = (size_t(K) * sizeof(int16_t) + 63) / 64 * 64;
+  uint8_t* base = static_cast<uint8_t*>(t_act.get(qbytes + 2 * nb * sizeof(float)));
+  QAct a;
+  a.q = reinterpret_cast<int16_t*>(base);
+  a.d = reinterpret_cast<float*>(base + qbytes);
   a.s = a.d + nb;
   return a;
 }
@@ -184,17 +187,17 @@ void quantize_q4_1(const float* x, void* dst, int64_t n) {
 
 }  // namespace
 
-void quantize_act_ref(const float* x, int64_t K, Q8Act a) {
+void quantize_act_ref(const float* x, int64_t K, QAct a) {
   for (int64_t b = 0; b < K / 32; ++b) {
     const float* xb = x + 32 * b;
     float amax = 0;
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127.0f;
+    const float d = amax / 32767.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     int sum = 0;
     for (int j = 0; j < 32; ++j) {
       const int q = int(std::nearbyint(xb[j] * id));
-      a.q[32 * b + j] = int8_t(q);
+      a.q[32 * b + j] = int16_t(q);
       sum += q;
     }
     a.d[b] = d;
@@ -202,11 +205,11 @@ void quantize_act_ref(const float* x, int64_t K, Q8Act a) {
   }
 }
 
-float dot_q4_0_q8_ref(const void* row, Q8Act a, int64_t K) {
+float dot_q4_0_act_ref(const void* row, QAct a, int64_t K) {
   const uint8_t* b = static_cast<const uint8_t*>(row);
   double acc = 0;
   for (int64_t k = 0; k < K / 32; ++k, b += 18) {
-    int dot = 0;
+    int64_t dot = 0;
     for (int j = 0; j < 16; ++j)
       dot += int(b[2 + j] & 0xF) * a.q[32 * k + j] + int(b[2 + j] >> 4) * a.q[32 * k + j + 16];
     const float d = h2f(b);
@@ -215,14 +218,25 @@ float dot_q4_0_q8_ref(const void* row, Q8Act a, int64_t K) {
   return float(acc);
 }
 
-float dot_q4_1_q8_ref(const void* row, Q8Act a, int64_t K) {
+float dot_q4_1_act_ref(const void* row, QAct a, int64_t K) {
   const uint8_t* b = static_cast<const uint8_t*>(row);
   double acc = 0;
   for (int64_t k = 0; k < K / 32; ++k, b += 20) {
-    int dot = 0;
+    int64_t dot = 0;
     for (int j = 0; j < 16; ++j)
       dot += int(b[4 + j] & 0xF) * a.q[32 * k + j] + int(b[4 + j] >> 4) * a.q[32 * k + j + 16];
     acc += double(h2f(b) * a.d[k]) * dot + double(h2f(b + 2)) * double(a.s[k]);
+  }
+  return float(acc);
+}
+
+float dot_q8_0_act_ref(const void* row, QAct a, int64_t K) {
+  const uint8_t* b = static_cast<const uint8_t*>(row);
+  double acc = 0;
+  for (int64_t k = 0; k < K / 32; ++k, b += 34) {
+    int64_t dot = 0;
+    for (int j = 0; j < 32; ++j) dot += int(int8_t(b[2 + j])) * a.q[32 * k + j];
+    acc += double(h2f(b) * a.d[k]) * dot;
   }
   return float(acc);
 }
@@ -274,8 +288,11 @@ void matmul_ref(const float* X, const void* W, float* Y, int64_t M, int64_t N, i
   for (int64_t m = 0; m < M; ++m) matvec_ref<F>(W, X + m * K, Y + m * N, N, K, acc);
 }
 
+// Threads for an (N, K) product: one below 128K weights (a parallel region costs microseconds; in
+// SmolLM2's decode the 576 x 576 q/o projections gained from two threads, the 192 x 576 k/v ones
+// did not measurably).
 int threads_for(int64_t N, int64_t K) {
-  return N * K < 8 * 65536 ? 1 : std::max(1, omp_get_max_threads());
+  return N * K < 2 * 65536 ? 1 : std::max(1, omp_get_max_threads());
 }
 
 // Contiguous row range of thread t of nt, in multiples of 4 rows.
@@ -289,7 +306,7 @@ template <Fmt F>
 void matvec_fast(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
   const int nt = threads_for(N, K);
   if ((F == Fmt::Q4_0 || F == Fmt::Q4_1) && cpu_features().avx2) {
-    Q8Act a = act_buffers(K);
+    QAct a = act_buffers(K);
     avx2::quantize_act(x, K, a);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -323,6 +340,23 @@ void matvec_fast(const void* W, const float* x, float* y, int64_t N, int64_t K, 
     }
   }
 }
+
+}  // namespace
+
+void q8_0_matvec_act16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
+  if (!cpu_features().avx2) return q8_0_matvec(W, x, y, N, K, acc);
+  const int nt = threads_for(N, K);
+  QAct a = act_buffers(K);
+  avx2::quantize_act(x, K, a);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    int64_t lo, hi;
+    row_range(N, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+    if (hi > lo) avx2::matvec_rows_q8_0(W, a, y, lo, hi, K, acc);
+  }
+}
+
+namespace {
 
 // Rows [row0, row0 + n) of W as f32, for the shared dequantise-a-panel GEMM driver (q8_0.h).
 template <Fmt F>

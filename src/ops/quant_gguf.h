@@ -3,17 +3,19 @@
 // kernels). Not part of the ops API: callers use ops/quant.h.
 //
 // Block layouts (ggml's, little-endian; d, m, dmin are IEEE fp16):
+//   Q8_0  (34 B / 32):  d, int8 qs[32]       x[j] = d·qs[j]  (its own kernels: ops/q8_0.h)
 //   Q4_0  (18 B / 32):  d, qs[16]            x[j] = d·(lo(qs[j]) − 8), x[j+16] = d·(hi(qs[j]) − 8)
 //   Q4_1  (20 B / 32):  d, m, qs[16]         x[j] = d·lo(qs[j]) + m,   x[j+16] = d·hi(qs[j]) + m
 //   Q4_K (144 B / 256): d, dmin, scales[12], qs[128]: 8 sub-blocks of 32, 6-bit scale and min each;
 //                       sub-block pair p (64 values) uses qs[32p..32p+31], low nibbles first
 //   Q6_K (210 B / 256): ql[128], qh[64], int8 scales[16], d: 16 sub-blocks of 16, 6-bit values − 32
 //
-// Fast matvec (decode): the activation x is quantised once per call to 8-bit blocks of 32
-// (Q8Act: f32 scale dx = max|x|/127, q = round(x/dx), and dx·Σq), and every weight block's
+// Fast matvec (decode): the activation x is quantised once per call to 16-bit blocks of 32
+// (QAct: f32 scale dx = max|x|/32767, q = round(x/dx), and dx·Σq), and every weight block's
 // integer dot product with it is exact; the only error is x's rounding, |x − dx·q| ≤ dx/2, so
-// |y_fast − y_exact| ≤ Σ_blocks dx_b/2 · Σ_j |w_j| (plus f32 rounding). Tests hold the kernels to
-// that bound against the scalar references, which use the exact x.
+// |y_fast − y_exact| ≤ Σ_blocks dx_b/2 · Σ_j |w_j| (plus f32 rounding): 2^-16 of the block's
+// largest activation per element, 256 times less than llama.cpp's 8-bit activations. Tests hold
+// the kernels to that bound against the scalar references, which use the exact x.
 // Fast matmul (prefill): weight rows are dequantised into f32 tiles and multiplied with the
 // f32 GEMM (exact x; the only difference to the reference is f32 summation order).
 #pragma once
@@ -24,9 +26,9 @@
 
 namespace qwen::ops::gguf {
 
-// x (K) quantised to 8-bit blocks of 32: q (K), d (K/32), s (K/32) = d·Σq of the block.
-struct Q8Act {
-  int8_t* q = nullptr;
+// x (K) quantised to 16-bit blocks of 32: q (K), d (K/32) = max|x|/32767, s (K/32) = d·Σq.
+struct QAct {
+  int16_t* q = nullptr;
   float* d = nullptr;
   float* s = nullptr;
 };
@@ -36,17 +38,25 @@ void dequantize_q4_0(const void* src, float* dst, int64_t n);
 void dequantize_q4_1(const void* src, float* dst, int64_t n);
 void dequantize_q4_k(const void* src, float* dst, int64_t n);
 void dequantize_q6_k(const void* src, float* dst, int64_t n);
-void quantize_act_ref(const float* x, int64_t K, Q8Act a);
+void quantize_act_ref(const float* x, int64_t K, QAct a);
 // Dot products of one weight row (K values) with a quantised activation (scalar references of
 // the fast kernels' arithmetic).
-float dot_q4_0_q8_ref(const void* row, Q8Act a, int64_t K);
-float dot_q4_1_q8_ref(const void* row, Q8Act a, int64_t K);
+float dot_q4_0_act_ref(const void* row, QAct a, int64_t K);
+float dot_q4_1_act_ref(const void* row, QAct a, int64_t K);
+float dot_q8_0_act_ref(const void* row, QAct a, int64_t K);
+
+// Q8_0 decode matvec with 16-bit activations (the same scheme and error bound as Q4_0 / Q4_1
+// above): y (N) (+)= W (N, K) · x, W row-major Q8_0 (ops/q8_0.h's layout), on the OpenMP threads.
+// Falls back to the exact ops::q8_0_matvec without AVX2. Measured on SmolLM2's shapes from DRAM
+// (bench_gguf_kernels, 1 thread): see docs/gguf.md.
+void q8_0_matvec_act16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 
 namespace avx2 {
-void quantize_act(const float* x, int64_t K, Q8Act a);
+void quantize_act(const float* x, int64_t K, QAct a);
 // y[r] (+)= row r · x for rows [r0, r1) of W (N, K).
-void matvec_rows_q4_0(const void* W, Q8Act a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
-void matvec_rows_q4_1(const void* W, Q8Act a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
+void matvec_rows_q4_0(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
+void matvec_rows_q4_1(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
+void matvec_rows_q8_0(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
 // Rows [r0, r1) of W dequantised to f32, row-major with ld K.
 void dequantize_rows_q4_0(const void* W, float* dst, int64_t r0, int64_t r1, int64_t K);
 void dequantize_rows_q4_1(const void* W, float* dst, int64_t r0, int64_t r1, int64_t K);

@@ -816,17 +816,27 @@ static void site_backward(TrainModel::Impl& m, const SiteP& sp, const float* X_i
   const ops::MhcDims& md = m.md;
   const int64_t n = md.n;
   const ops::MhcCoefs<float> co = ops::mhc_coefs_view(const_cast<float*>(coef), N, n);
-  std::fill(gX, gX + N * n * C, 0.0f);
-  std::fill(m.g_hpre, m.g_hpre + N * n, 0.0f);
   std::fill(m.g_hpost, m.g_hpost + N * n, 0.0f);
   std::fill(m.g_hres, m.g_hres + N * n * n, 0.0f);
   std::fill(m.dx, m.dx + N * C, 0.0f);
-  ops::mhc_post_merge_backward(md, X_in, co.h_res, co.h_post, Fout, G, N, gX, m.g_hres, m.g_hpost,
-                               m.dx);                                     // m.dx: dL/dF
-  sub_backward();                                                         // m.dx: dL/du
-  ops::mhc_pre_aggregate_backward(md, X_in, co.h_pre, m.dx, N, gX, m.g_hpre);
-  ops::mhc_coefficients_backward(md, sp.params(), X_in, co, m.g_hpre, m.g_hpost, m.g_hres, N, gX,
-                                 sp.grads());
+  if (md.mode == ops::HcMode::Hc) {  // HC: the three backward functions, g_X accumulated
+    std::fill(gX, gX + N * n * C, 0.0f);
+    std::fill(m.g_hpre, m.g_hpre + N * n, 0.0f);
+    ops::mhc_post_merge_backward(md, X_in, co.h_res, co.h_post, Fout, G, N, gX, m.g_hres,
+                                 m.g_hpost, m.dx);                        // m.dx: dL/dF
+    sub_backward();                                                       // m.dx: dL/du
+    ops::mhc_pre_aggregate_backward(md, X_in, co.h_pre, m.dx, N, gX, m.g_hpre);
+    ops::mhc_coefficients_backward(md, sp.params(), X_in, co, m.g_hpre, m.g_hpost, m.g_hres, N,
+                                   gX, sp.grads());
+    return;
+  }
+  // mHC: the merge backward without g_X, F's backward, then g_X = H_resᵀ·G + the pre-aggregate
+  // and coefficient backwards in one pass over X_in and G (ops::mhc_site_backward_streams).
+  ops::mhc_post_merge_backward(md, X_in, co.h_res, co.h_post, Fout, G, N,
+                               static_cast<float*>(nullptr), m.g_hres, m.g_hpost, m.dx);
+  sub_backward();
+  ops::mhc_site_backward_streams(md, sp.params(), X_in, co, G, m.dx, m.g_hpost, m.g_hres, N,
+                                 m.g_hpre, gX, sp.grads());
 }
 
 // Backward of one layer. Plain: m.dx holds dL/d(out) on entry and dL/d(x_in) on return. mHC:

@@ -102,6 +102,10 @@ std::string abs_path(const std::string& p) {
   return ec ? p : a.lexically_normal().string();
 }
 
+}  // namespace
+
+std::string absolute_path(const std::string& p) { return abs_path(p); }
+
 // Options as saved in trainer_state.json, keyed by their command-line flag names.
 json options_json(const TrainOptions& o) {
   return json{{"config", o.config},
@@ -205,20 +209,30 @@ void prepare_out_dir(const std::string& out) {
     throw Error("cannot write to --out folder '" + out + "': " + std::strerror(err ? err : EIO));
 }
 
+namespace {
+
+// splitmix64 of (seed, i): well-spread per-micro-batch seeds.
+uint64_t mix_seed(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 struct MetricPoint {
   int64_t step;
   double value;
 };
 
 void write_svg(const std::string& out, const std::vector<MetricPoint>& train,
-               const std::vector<MetricPoint>& val) {
+               const std::vector<MetricPoint>& val, const std::string& title) {
   PlotSeries a{"train loss", "#1f77b4", {}, false}, b{"validation loss", "#d62728", {}, true};
   for (auto p : train) a.xy.push_back({double(p.step), p.value});
   for (auto p : val) b.xy.push_back({double(p.step), p.value});
   std::vector<PlotSeries> s{a};
   if (!val.empty()) s.push_back(b);
   io::write_file_atomic((fs::path(out) / "loss.svg").string(),
-                        line_chart_svg(s, "qwen train: loss", "step", "loss (nats/token)"));
+                        line_chart_svg(s, title, "step", "loss (nats/token)"));
 }
 
 }  // namespace
@@ -227,7 +241,7 @@ void write_svg(const std::string& out, const std::vector<MetricPoint>& train,
 
 StepStats train_step(TrainModel& model, AdamW& opt, const std::vector<const int32_t*>& tokens,
                      const std::vector<const int32_t*>& targets, int64_t B, int64_t T, double lr,
-                     double max_norm) {
+                     double max_norm, const uint64_t* dropout_seeds) {
   StepStats st;
   model.zero_grad();
   int64_t total = 0;
@@ -237,8 +251,10 @@ StepStats train_step(TrainModel& model, AdamW& opt, const std::vector<const int3
   if (total == 0) return st;  // nothing to learn from; no update
   const float scale = float(1.0 / double(total));
   double sum = 0;
-  for (size_t k = 0; k < tokens.size(); ++k)
+  for (size_t k = 0; k < tokens.size(); ++k) {
+    if (dropout_seeds) model.set_dropout_seed(dropout_seeds[k]);
     sum += model.forward_backward(tokens[k], targets[k], B, T, scale, nullptr);
+  }
   st.loss = sum / double(total);
   st.grad_norm = clip_grad_norm(model.grad_data(), model.n_params(), max_norm);
   st.finite = std::isfinite(st.loss) && std::isfinite(st.grad_norm);
@@ -309,28 +325,68 @@ void save_checkpoint(const std::string& out, const TrainModel& model, const Adam
 // ---------------------------------------------------------------------------------------------
 // The loop
 
-TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
-  if (o.out.empty()) throw Error("--out DIR is required");
-  TrainResult res;
-  const std::string out = o.out;
-  prepare_out_dir(out);
-  const std::string ckpt_dir = recover_checkpoint(out);
+namespace {
 
-  json saved_state;
+// Pretraining windows from token shards.
+class ShardSource : public BatchSource {
+ public:
+  ShardSource(const TokenStream& data, const TrainOptions& o)
+      : loader_(data, o.batch, o.seq, o.seed, o.sequential), sequential_(o.sequential) {}
+  void next(int32_t* tokens, int32_t* targets) override { loader_.next(tokens, targets); }
+  json state() const override {
+    const LoaderState ls = loader_.state();
+    return {{"loader", {{"seed", ls.seed}, {"epoch", ls.epoch}, {"cursor", ls.cursor},
+                        {"sequential", sequential_}}},
+            {"rng", {{"kind", "xoshiro256** per (seed, epoch)"}, {"seed", ls.seed}, {"epoch", ls.epoch}}}};
+  }
+  void restore(const json& saved) override {
+    LoaderState ls;
+    ls.seed = saved.at("loader").at("seed").get<uint64_t>();
+    ls.epoch = saved.at("loader").at("epoch").get<int64_t>();
+    ls.cursor = saved.at("loader").at("cursor").get<int64_t>();
+    loader_.set_state(ls);
+  }
+
+ private:
+  DataLoader loader_;
+  bool sequential_;
+};
+
+}  // namespace
+
+json start_run(const TrainOptions& o, std::string* ckpt_dir) {
+  if (o.out.empty()) throw Error("--out DIR is required");
+  const std::string& out = o.out;
+  prepare_out_dir(out);
+  *ckpt_dir = recover_checkpoint(out);
+  if (!o.resume) {
+    if (!ckpt_dir->empty())
+      throw Error("'" + out + "' already holds a checkpoint; pass --resume to continue it or choose "
+                  "another --out");
+    return json();
+  }
+  if (ckpt_dir->empty())
+    throw Error("--resume: no checkpoint in '" + out + "' (expected " + out +
+                "/checkpoint/trainer_state.json); start without --resume");
+  try {
+    json st = json::parse(read_text((fs::path(*ckpt_dir) / "trainer_state.json").string()));
+    if (!st.contains("options")) throw Error("'" + *ckpt_dir + "/trainer_state.json' has no options");
+    return st;
+  } catch (const json::exception& e) {
+    throw Error("'" + *ckpt_dir + "/trainer_state.json' is not valid (" + e.what() + ")");
+  }
+}
+
+TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
+  std::string ckpt_dir;
+  json saved_state = start_run(o, &ckpt_dir);
   if (o.resume) {
-    if (ckpt_dir.empty())
-      throw Error("--resume: no checkpoint in '" + out + "' (expected " + out +
-                  "/checkpoint/trainer_state.json); start without --resume");
     try {
-      saved_state = json::parse(read_text((fs::path(ckpt_dir) / "trainer_state.json").string()));
       apply_saved_options(o, saved_state.at("options"), given);
     } catch (const json::exception& e) {
       throw Error("'" + ckpt_dir + "/trainer_state.json' is not valid (" + e.what() + ")");
     }
   } else {
-    if (!ckpt_dir.empty())
-      throw Error("'" + out + "' already holds a checkpoint; pass --resume to continue it or choose "
-                  "another --out");
     if (o.config.empty() == o.init_from.empty())
       throw Error("give exactly one of --config model.json (new model) or --init-from DIR "
                   "(existing weights)");
@@ -400,9 +456,77 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
     throw Error("--seq " + std::to_string(o.seq) + " exceeds the model's max_position_embeddings " +
                 std::to_string(cfg.max_position_embeddings));
 
+  ShardSource source(train_data, o);
+  const int64_t B = o.batch, T = o.seq, A = o.grad_accum;
+
+  // Validation rows: consecutive rows of the val split, at most eval_batches · B of them.
+  std::vector<int64_t> val_rows;
+  int64_t Tv = T;
+  if (val_data) {
+    Tv = std::min<int64_t>(T, val_data->size() - 1);
+    const int64_t rows = std::min<int64_t>(val_data->size() / (Tv + 1), o.eval_batches * B);
+    for (int64_t r = 0; r < rows; ++r) val_rows.push_back(r * (Tv + 1));
+  }
+  LoopSpec spec;
+  spec.model = model.get();
+  spec.data = &source;
+  if (o.eval_every > 0 && !val_rows.empty()) {
+    spec.evaluate = [&](int64_t* n_counted) {
+      std::vector<int32_t> buf(size_t(Tv + 1)), tk, tg;
+      double sum = 0;
+      int64_t n = 0;
+      for (size_t r0 = 0; r0 < val_rows.size(); r0 += size_t(B)) {
+        const int64_t nb = std::min<int64_t>(B, int64_t(val_rows.size() - r0));
+        tk.resize(size_t(nb * Tv));
+        tg.resize(size_t(nb * Tv));
+        for (int64_t b = 0; b < nb; ++b) {
+          val_data->read(val_rows[r0 + size_t(b)], Tv + 1, buf.data());
+          std::copy(buf.begin(), buf.end() - 1, tk.begin() + b * Tv);
+          std::copy(buf.begin() + 1, buf.end(), tg.begin() + b * Tv);
+        }
+        int64_t c = 0;
+        sum += model->forward_loss(tk.data(), tg.data(), nb, Tv, &c);
+        n += c;
+      }
+      *n_counted = n;
+      return sum;
+    };
+    spec.eval_tokens = int64_t(val_rows.size()) * Tv;
+  }
+  spec.ckpt_dir = ckpt_dir;
+  spec.saved_state = saved_state;
+  spec.tokenizer_dir = tok_dir;
+  spec.options = [&o]() { return options_json(o); };
+  spec.flops_per_token = 6.0 * double(model->n_params());
+  spec.header = [&](int64_t first, int64_t stop) {
+    const int64_t tokens_per_step = B * T * A;
+    std::printf("model %s: %.2fM parameters (%lld layers, hidden %lld, vocab %lld)%s\n",
+                cfg.architecture.c_str(), double(model->n_params()) / 1e6,
+                (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
+                (long long)cfg.vocab_size, o.recompute ? ", activation recomputation" : "");
+    std::printf("data %s: %lld train tokens, %lld val tokens; %lld tokens/step (batch %lld x seq "
+                "%lld x accum %lld), %s%s\n",
+                o.data.c_str(), (long long)train_data.size(), (long long)meta.n_val_tokens,
+                (long long)tokens_per_step, (long long)B, (long long)T, (long long)A,
+                o.sequential ? "sequential rows" : "shuffled windows",
+                val_rows.empty() ? ", no validation" : "");
+    std::printf("%s steps %lld..%lld of %lld, lr %.3g (%s, warmup %lld), AdamW betas (%g, %g) eps %g "
+                "wd %g, clip %g, %d threads\n",
+                o.resume ? "resuming:" : "training:", (long long)first, (long long)stop,
+                (long long)o.steps, o.lr, lr_schedule_name(o.lr_schedule), (long long)o.warmup,
+                o.beta1, o.beta2, o.adam_eps, o.weight_decay, o.clip_grad_norm, num_threads());
+  };
+  return run_loop(o, spec);
+}
+
+TrainResult run_loop(TrainOptions& o, LoopSpec& spec) {
+  TrainResult res;
+  TrainModel* model = spec.model;
+  const std::string& out = o.out;
+  const std::string& ckpt_dir = spec.ckpt_dir;
+  const json& saved_state = spec.saved_state;
   AdamWOptions aopt{o.beta1, o.beta2, o.adam_eps, o.weight_decay};
   AdamW adamw(model->params(), model->n_params(), aopt);
-  DataLoader loader(train_data, o.batch, o.seq, o.seed, o.sequential);
   int64_t start_step = 0;  // steps already done
   double elapsed_before = 0;
   int64_t last_saved = -1;
@@ -412,11 +536,7 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
     adamw.load((fs::path(ckpt_dir) / "optimizer.safetensors").string());
     try {
       start_step = saved_state.at("step").get<int64_t>();
-      LoaderState ls;
-      ls.seed = saved_state.at("loader").at("seed").get<uint64_t>();
-      ls.epoch = saved_state.at("loader").at("epoch").get<int64_t>();
-      ls.cursor = saved_state.at("loader").at("cursor").get<int64_t>();
-      loader.set_state(ls);
+      spec.data->restore(saved_state);
       elapsed_before = saved_state.value("elapsed_s", 0.0);
     } catch (const json::exception& e) {
       throw Error("'" + ckpt_dir + "/trainer_state.json' is not valid (" + e.what() + ")");
@@ -462,22 +582,19 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
   const int64_t tokens_per_step = B * T * A;
 
   auto state_json = [&](int64_t step, double elapsed) {
-    const LoaderState ls = loader.state();
-    json j = {{"step", step},
+    json j = spec.data->state();
+    j.update(json{{"step", step},
               {"tokens_seen", step * tokens_per_step},
               {"elapsed_s", elapsed},
-              {"loader", {{"seed", ls.seed}, {"epoch", ls.epoch}, {"cursor", ls.cursor},
-                          {"sequential", o.sequential}}},
-              {"rng", {{"kind", "xoshiro256** per (seed, epoch)"}, {"seed", ls.seed}, {"epoch", ls.epoch}}},
               {"n_params", model->n_params()},
-              {"options", options_json(o)},
+              {"options", spec.options()},
               {"last_loss", train_pts.empty() ? json(nullptr) : json(train_pts.back().value)},
-              {"last_val_loss", val_pts.empty() ? json(nullptr) : json(val_pts.back().value)}};
+              {"last_val_loss", val_pts.empty() ? json(nullptr) : json(val_pts.back().value)}});
     return j.dump(1) + "\n";
   };
   auto save = [&](int64_t step, double elapsed) {
     try {
-      save_checkpoint(out, *model, adamw, state_json(step, elapsed), tok_dir);
+      save_checkpoint(out, *model, adamw, state_json(step, elapsed), spec.tokenizer_dir);
     } catch (const Error& e) {
       throw Error(std::string("saving the checkpoint of step ") + std::to_string(step) + " failed: " +
                   e.what() + (last_saved >= 0 ? "; the checkpoint of step " +
@@ -485,34 +602,13 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
                                               : std::string()));
     }
     last_saved = step;
-    write_svg(out, train_pts, val_pts);
+    write_svg(out, train_pts, val_pts, spec.plot_title);
   };
 
-  // Validation rows: consecutive rows of the val split, at most eval_batches · B of them.
-  std::vector<int64_t> val_rows;
-  int64_t Tv = T;
-  if (val_data) {
-    Tv = std::min<int64_t>(T, val_data->size() - 1);
-    const int64_t rows = std::min<int64_t>(val_data->size() / (Tv + 1), o.eval_batches * B);
-    for (int64_t r = 0; r < rows; ++r) val_rows.push_back(r * (Tv + 1));
-  }
+  const bool validate = o.eval_every > 0 && spec.evaluate;
   auto evaluate = [&]() {
-    std::vector<int32_t> buf(size_t(Tv + 1)), tk, tg;
-    double sum = 0;
     int64_t n = 0;
-    for (size_t r0 = 0; r0 < val_rows.size(); r0 += size_t(B)) {
-      const int64_t nb = std::min<int64_t>(B, int64_t(val_rows.size() - r0));
-      tk.resize(size_t(nb * Tv));
-      tg.resize(size_t(nb * Tv));
-      for (int64_t b = 0; b < nb; ++b) {
-        val_data->read(val_rows[r0 + size_t(b)], Tv + 1, buf.data());
-        std::copy(buf.begin(), buf.end() - 1, tk.begin() + b * Tv);
-        std::copy(buf.begin() + 1, buf.end(), tg.begin() + b * Tv);
-      }
-      int64_t c = 0;
-      sum += model->forward_loss(tk.data(), tg.data(), nb, Tv, &c);
-      n += c;
-    }
+    const double sum = spec.evaluate(&n);
     return n > 0 ? sum / double(n) : NAN;
   };
 
@@ -524,28 +620,15 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
                   out.c_str(), (long long)start_step, (long long)stop);
     return res;
   }
-  if (!o.quiet) {
-    std::printf("model %s: %.2fM parameters (%lld layers, hidden %lld, vocab %lld)%s\n",
-                cfg.architecture.c_str(), double(model->n_params()) / 1e6,
-                (long long)cfg.num_hidden_layers, (long long)cfg.hidden_size,
-                (long long)cfg.vocab_size, o.recompute ? ", activation recomputation" : "");
-    std::printf("data %s: %lld train tokens, %lld val tokens; %lld tokens/step (batch %lld x seq "
-                "%lld x accum %lld), %s%s\n",
-                o.data.c_str(), (long long)train_data.size(), (long long)meta.n_val_tokens,
-                (long long)tokens_per_step, (long long)B, (long long)T, (long long)A,
-                o.sequential ? "sequential rows" : "shuffled windows",
-                val_rows.empty() ? ", no validation" : "");
-    std::printf("%s steps %lld..%lld of %lld, lr %.3g (%s, warmup %lld), AdamW betas (%g, %g) eps %g "
-                "wd %g, clip %g, %d threads\n",
-                o.resume ? "resuming:" : "training:", (long long)start_step + 1, (long long)stop,
-                (long long)o.steps, o.lr, lr_schedule_name(o.lr_schedule), (long long)o.warmup,
-                o.beta1, o.beta2, o.adam_eps, o.weight_decay, o.clip_grad_norm, num_threads());
+  if (!o.quiet && spec.header) {
+    spec.header(start_step + 1, stop);
     std::fflush(stdout);
   }
 
   SignalGuard guard;
   std::vector<int32_t> tok_buf(size_t(A * B * T)), tgt_buf(size_t(A * B * T));
   std::vector<const int32_t*> tk_ptrs, tg_ptrs;
+  std::vector<uint64_t> dropout_seeds(static_cast<size_t>(A), 0);
   for (int64_t a = 0; a < A; ++a) {
     tk_ptrs.push_back(tok_buf.data() + a * B * T);
     tg_ptrs.push_back(tgt_buf.data() + a * B * T);
@@ -562,11 +645,14 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = lr_at(sched, step - 1);
     for (int64_t a = 0; a < A; ++a)
-      loader.next(tok_buf.data() + a * B * T, tgt_buf.data() + a * B * T);
-    const StepStats st = train_step(*model, adamw, tk_ptrs, tg_ptrs, B, T, lr, o.clip_grad_norm);
+      spec.data->next(tok_buf.data() + a * B * T, tgt_buf.data() + a * B * T);
+    for (int64_t a = 0; a < A; ++a)  // LoRA dropout masks: a function of (seed, step, micro-batch)
+      dropout_seeds[size_t(a)] = mix_seed(spec.dropout_seed, uint64_t(step) * uint64_t(A) + uint64_t(a));
+    const StepStats st = train_step(*model, adamw, tk_ptrs, tg_ptrs, B, T, lr, o.clip_grad_norm,
+                                    model->is_lora() ? dropout_seeds.data() : nullptr);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!st.finite) {
-      write_svg(out, train_pts, val_pts);
+      write_svg(out, train_pts, val_pts, spec.plot_title);
       throw Error(std::string("loss is ") + (std::isfinite(st.loss) ? "finite but the gradient is " : "") +
                   (std::isnan(st.loss) || std::isnan(st.grad_norm) ? "NaN" : "infinite") +
                   " at step " + std::to_string(step) + "; stopped without applying it: " +
@@ -601,8 +687,8 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
       // Seconds per step without the first (allocations, cold caches), plus evaluations: a
       // forward pass costs about a third of a training step per token.
       double per_step = (train_secs - first_secs) / double(step - start_step - 1);
-      if (o.eval_every > 0 && !val_rows.empty())
-        per_step += per_step * double(int64_t(val_rows.size()) * Tv) / double(tokens_per_step) / 3.0 /
+      if (validate)
+        per_step += per_step * double(spec.eval_tokens) / double(tokens_per_step) / 3.0 /
                     double(o.eval_every);
       const double left = o.time_budget - since_start();
       const int64_t total = step + std::max<int64_t>(1, int64_t(left / per_step));
@@ -617,7 +703,7 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
         }
       }
     }
-    if (o.eval_every > 0 && !val_rows.empty() && (step % o.eval_every == 0 || step == o.steps)) {
+    if (validate && (step % o.eval_every == 0 || step == o.steps)) {
       const auto e0 = std::chrono::steady_clock::now();
       const double vl = evaluate();
       const double es = std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
@@ -627,14 +713,14 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
                 {"step", step},
                 {"val_loss", vl},
                 {"val_perplexity", std::exp(vl)},
-                {"val_tokens", int64_t(val_rows.size()) * Tv},
+                {"val_tokens", spec.eval_tokens},
                 {"elapsed_s", elapsed_before + since_start()}});
       if (!o.quiet) {
         std::printf("eval step %lld | val loss %.4f | val perplexity %.2f | %lld tokens in %.1fs\n",
-                    (long long)step, vl, std::exp(vl), (long long)(int64_t(val_rows.size()) * Tv), es);
+                    (long long)step, vl, std::exp(vl), (long long)spec.eval_tokens, es);
         std::fflush(stdout);
       }
-      write_svg(out, train_pts, val_pts);
+      write_svg(out, train_pts, val_pts, spec.plot_title);
     }
     const bool interrupted = g_signal != 0;
     if (step == stop || interrupted || (o.save_every > 0 && step % o.save_every == 0)) {
@@ -659,13 +745,13 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
   res.tokens_per_s = r.empty() ? 0 : r[r.size() / 2];
   res.activation_bytes = model->activation_bytes();
   res.peak_rss_bytes = peak_rss();
-  const double n = double(model->n_params());
+  const double flops_per_token = spec.flops_per_token;
   json summary = {{"params", model->n_params()},
                   {"first_step", res.first_step},
                   {"last_step", res.last_step},
                   {"tokens_per_step", tokens_per_step},
                   {"tokens_per_s_median", res.tokens_per_s},
-                  {"train_flops_per_s", 6.0 * n * res.tokens_per_s},
+                  {"train_flops_per_s", flops_per_token * res.tokens_per_s},
                   {"activation_bytes", res.activation_bytes},
                   {"peak_rss_bytes", res.peak_rss_bytes},
                   {"recompute", o.recompute},
@@ -676,14 +762,15 @@ TrainResult run_training(TrainOptions o, const std::set<std::string>& given) {
                   {"last_loss", res.last_loss},
                   {"last_val_loss", res.last_val_loss >= 0 ? json(res.last_val_loss) : json(nullptr)},
                   {"interrupted", res.interrupted}};
+  if (spec.summary_extra.is_object()) summary.update(spec.summary_extra);
   io::write_file_atomic((fs::path(out) / "train_summary.json").string(), summary.dump(1) + "\n");
   if (!o.quiet) {
     std::printf("done: steps %lld..%lld, last loss %.4f", (long long)res.first_step,
                 (long long)res.last_step, res.last_loss);
     if (res.last_val_loss >= 0)
       std::printf(", val loss %.4f (perplexity %.2f)", res.last_val_loss, std::exp(res.last_val_loss));
-    std::printf("; %.0f tok/s (median), %.2f GFLOP/s (6·N·tok/s); activations %s, peak RSS %s\n",
-                res.tokens_per_s, 6.0 * n * res.tokens_per_s / 1e9,
+    std::printf("; %.0f tok/s (median), %.2f GFLOP/s (%s); activations %s, peak RSS %s\n",
+                res.tokens_per_s, flops_per_token * res.tokens_per_s / 1e9, spec.flops_label.c_str(),
                 human_bytes(double(res.activation_bytes)).c_str(),
                 human_bytes(double(res.peak_rss_bytes)).c_str());
     std::fflush(stdout);

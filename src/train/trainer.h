@@ -1,7 +1,11 @@
-// train/trainer.h — the training loop behind `qwen train`: batches from the loader, gradient
-// accumulation, clipping, AdamW and the schedule; progress lines, validation loss, metrics.jsonl
-// and loss.svg; atomic checkpoints (a Hugging Face folder plus optimiser, data and RNG state)
-// and exact resumption; stops cleanly on a NaN/inf loss or a signal.
+// train/trainer.h — the training loop behind `qwen train` and `qwen finetune`: batches from a
+// BatchSource, gradient accumulation, clipping, AdamW and the schedule; progress lines,
+// validation loss, metrics.jsonl and loss.svg; atomic checkpoints (the model's folder — a Hugging
+// Face folder, or a PEFT adapter folder in LoRA mode — plus optimiser, data and RNG state) and
+// exact resumption; stops cleanly on a NaN/inf loss or a signal. run_training builds the
+// pretraining pieces (token shards, a fresh or loaded model) and hands them to run_loop; the
+// fine-tuning driver (train/finetune.h) builds its own (packed instruction rows, a frozen base
+// with a LoRA adapter) and runs the same loop.
 //
 // The output folder:
 //   OUT/checkpoint/   config.json, generation_config.json, model.safetensors, tokenizer files,
@@ -14,6 +18,8 @@
 //   OUT/train_summary.json  figures of the finished run (tokens/s, memory)
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
@@ -73,6 +79,58 @@ struct TrainResult {
 // checkpoint is kept).
 TrainResult run_training(TrainOptions opt, const std::set<std::string>& given = {});
 
+// Where the loop gets its micro-batches from.
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  // One micro-batch: tokens and targets, each (B, T) row-major (target < 0: not counted).
+  virtual void next(int32_t* tokens, int32_t* targets) = 0;
+  // Position fields merged into trainer_state.json (top-level keys, e.g. "loader"), and their
+  // restoration from a saved trainer_state.json (throws qwen::Error or json::exception when
+  // they do not fit).
+  virtual nlohmann::json state() const = 0;
+  virtual void restore(const nlohmann::json& trainer_state) = 0;
+};
+
+// What a command hands to run_loop besides its options: the model, the data and how to report.
+struct LoopSpec {
+  TrainModel* model = nullptr;     // the parameters being trained (full or LoRA)
+  BatchSource* data = nullptr;
+  // Validation: returns the summed loss and writes the counted targets; empty = no validation.
+  std::function<double(int64_t* n_counted)> evaluate;
+  int64_t eval_tokens = 0;         // tokens one evaluation runs through (log and time budget)
+  std::string ckpt_dir;            // resume: the checkpoint folder (its optimizer.safetensors)
+  nlohmann::json saved_state;      // resume: its trainer_state.json
+  std::string tokenizer_dir;       // tokenizer files copied into checkpoints ("" = none)
+  std::function<nlohmann::json()> options;  // saved as trainer_state.json "options"
+  // Progress header, printed once the first step is known (not called when nothing is left).
+  std::function<void(int64_t first_step, int64_t stop)> header;
+  std::string plot_title = "qwen train: loss";
+  double flops_per_token = 0;      // for train_summary.json (train: 6 · parameters)
+  std::string flops_label = "6·N·tok/s";  // how the final line names that estimate
+  nlohmann::json summary_extra;    // more train_summary.json fields
+  // LoRA dropout: each micro-batch's masks come from (dropout_seed, step, micro-batch), so a
+  // resumed run draws the same masks. Unused for a full model.
+  uint64_t dropout_seed = 0;
+};
+
+// The loop shared by `qwen train` and `qwen finetune`: restores the optimiser and data position
+// on resume, keeps metrics.jsonl consistent with the checkpoint, runs the steps and writes the
+// checkpoints, the plot and train_summary.json. o.out must exist (prepare_out_dir).
+TrainResult run_loop(TrainOptions& o, LoopSpec& spec);
+
+// Shared checks and setup of the commands that use run_loop.
+// Create o.out and find its checkpoint (*ckpt_dir, "" if none). With o.resume: returns the
+// checkpoint's trainer_state.json (throws qwen::Error when there is none or it is not valid);
+// without: throws if a checkpoint exists, returns null.
+nlohmann::json start_run(const TrainOptions& o, std::string* ckpt_dir);
+void check_options(const TrainOptions& o);                   // throws qwen::Error, one line each
+void prepare_out_dir(const std::string& out);                // create and prove writable
+nlohmann::json options_json(const TrainOptions& o);          // keyed by flag names
+// Every option not in `given` takes its saved value from j (trainer_state.json "options").
+void apply_saved_options(TrainOptions& o, const nlohmann::json& j, const std::set<std::string>& given);
+std::string absolute_path(const std::string& p);
+
 struct StepStats {
   double loss = 0;        // mean loss over the counted targets of all micro-batches
   int64_t n_counted = 0;
@@ -83,9 +141,10 @@ struct StepStats {
 // One optimiser step: zero the gradients, count the targets (>= 0) of every micro-batch first,
 // run forward_backward on each with grad_scale = 1 / total count (so the gradient is the mean
 // loss's), clip to max_norm (0 = off) and apply AdamW with lr. tokens[k], targets[k]: (B, T).
+// dropout_seeds (one per micro-batch, may be null): TrainModel::set_dropout_seed before each.
 StepStats train_step(TrainModel& model, AdamW& opt, const std::vector<const int32_t*>& tokens,
                      const std::vector<const int32_t*>& targets, int64_t B, int64_t T, double lr,
-                     double max_norm);
+                     double max_norm, const uint64_t* dropout_seeds = nullptr);
 
 // Write a checkpoint into out_dir/checkpoint atomically: everything goes into a temporary folder
 // first (files fsynced), which then replaces the previous checkpoint in one rename; the previous

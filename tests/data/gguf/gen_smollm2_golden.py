@@ -75,6 +75,12 @@ conv = [{"role": "user", "content": "Hi there!"},
         {"role": "user", "content": "Name a fruit."}]
 env = jinja2.Environment(loader=jinja2.BaseLoader())
 rendered = env.from_string(tmpl).render(messages=conv, add_generation_prompt=True)
+# llama-cpp-python's own chat formatter (the one `create_chat_completion` uses) must agree
+from llama_cpp import llama_chat_format  # noqa: E402
+
+fmt = llama_chat_format.Jinja2ChatFormatter(template=tmpl, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                            add_generation_prompt=True)
+assert fmt(messages=conv).prompt == rendered, "jinja2 and llama-cpp-python render the chat template differently"
 out["chat"] = {"messages": [[m["role"], m["content"]] for m in conv], "rendered": rendered}
 
 # ---------------------------------------------------------------- logits: llama.cpp
