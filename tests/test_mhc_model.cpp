@@ -14,6 +14,7 @@
 #include <sstream>
 #include <vector>
 
+#include "tiny_config.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "model/model.h"
@@ -28,17 +29,7 @@ namespace fs = std::filesystem;
 namespace {
 
 ModelConfig tiny(const std::string& mode, int64_t n = 3, const std::string& kind = "qwen2") {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.max_position_embeddings = 64;
-  c.rms_norm_eps = 1e-6;
-  c.initializer_range = 0.3;
+  ModelConfig c = qwen_test::tiny_config();
   c.qkv_bias = true;
   if (kind == "qwen3") {
     c.architecture = "Qwen3ForCausalLM";

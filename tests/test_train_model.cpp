@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tiny_config.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "qwen/error.h"
@@ -22,17 +23,7 @@ using qwen::train::TrainModelOptions;
 namespace {
 
 ModelConfig tiny(const std::string& kind) {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.max_position_embeddings = 64;
-  c.rms_norm_eps = 1e-6;
-  c.initializer_range = 0.3;
+  ModelConfig c = qwen_test::tiny_config();
   if (kind == "qwen2") {
     c.qkv_bias = true;
   } else if (kind == "tied") {
