@@ -12,6 +12,8 @@
 //   train (T = --tokens): per token, the site forward and backward (post merge backward, pre
 //     backward, coefficient backward with the unrolled Sinkhorn), against the block's 7 matmuls
 //     forward plus their backward (dX = dY·W and dW += dYᵀ·X with gemm_f32).
+//   fused (T = --tokens): mhc_site_in, mhc_site_merge_in and the backward's one-pass stream
+//     gradient (mhc_site_backward_streams), the calls the trainer makes.
 // The overhead estimate counts only the linear layers as the block's cost (attention's score and
 // value products, norms, SwiGLU and the residual are left out), so it overstates mHC's share.
 //
@@ -259,6 +261,7 @@ void run_shape(int64_t C, int reps, int64_t T, int copies, const std::string& on
   };
   const double t_mf = time_call(mhc_fwd, reps), t_mb = time_call(mhc_bwd, reps);
   const MhcParams<float> q0 = site_params(0, 0);
+  const double us = 1e6 / double(T);
   const double b_coef_f =
       time_call([&] { mhc_coefficients_forward(d, q0, XT.data(), T, cT); }, reps);
   const double b_pre_f =
@@ -283,12 +286,31 @@ void run_shape(int64_t C, int reps, int64_t T, int copies, const std::string& on
                                   MhcGrads<float>{gphi.data(), gbias.data(), galpha.data()});
       },
       reps);
-  const double us = 1e6 / double(T);
   std::printf("train/prefill, T = %lld, per token, one site:\n", (long long)T);
   std::printf("  forward : coefficients %.3f us, pre %.3f us, post merge %.3f us\n", b_coef_f * us,
               b_pre_f * us, b_post_f * us);
   std::printf("  backward: coefficients %.3f us, pre %.3f us, post merge %.3f us\n", b_coef_b * us,
               b_pre_b * us, b_post_b * us);
+  // The fused calls the trainer makes (issue 6): the input side of a site, the merge + next
+  // site's input side, and the backward's stream pass (mhc_site_backward_streams).
+  std::vector<float> cbT2(cbT.size());
+  const MhcCoefs<float> cT2 = mhc_coefs_view(cbT2.data(), T, n);
+  const double b_in = time_call([&] { mhc_site_in(d, q0, XT.data(), T, cT, uT.data()); }, reps);
+  const double b_merge_in = time_call(
+      [&] {
+        mhc_site_merge_in(d, XT.data(), cT, yT.data(), T, XoT.data(), site_params(0, 1), cT2,
+                          uT.data());
+      },
+      reps);
+  const double b_streams = time_call(
+      [&] {
+        mhc_site_backward_streams(d, q0, XT.data(), cT, G.data(), gu.data(), g_hpost.data(),
+                                  g_hres.data(), T, g_hpre.data(), gX.data(),
+                                  MhcGrads<float>{gphi.data(), gbias.data(), galpha.data()});
+      },
+      reps);
+  std::printf("  fused   : site_in %.3f us, merge + next site_in %.3f us, backward stream pass "
+              "%.3f us\n", b_in * us, b_merge_in * us, b_streams * us);
   const double t_lf = time_call(lin_fwd, reps), t_lb = time_call(lin_bwd, reps);
   std::printf("train/prefill, T = %lld, per token, one block (2 sites):\n", (long long)T);
   std::printf("  forward : mHC %7.3f us, linear %7.3f us  -> x%.3f\n", t_mf / T * 1e6,

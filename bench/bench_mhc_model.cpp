@@ -4,16 +4,30 @@
 // memory against the spec's formula. Targets: step ≤ 1.10× and decode ≤ 1.10× the baseline.
 //
 //   bench_mhc_model [--layers 24] [--hidden 64] [--ffn 192] [--heads 4] [--kv 2] [--vocab 4093]
-//                   [--n 4] [--batch 8] [--seq 64] [--steps 6] [--decode 128] [--recompute]
+//                   [--n 4] [--batch 8] [--seq 64] [--steps 6] [--decode 128] [--decode-reps 15]
+//                   [--gap-ms 150] [--recompute] [--skip-train] [--skip-decode] [--samples]
 //                   [--only base|hc|mhc]   (one variant alone, for perf profiles; no ratios)
-// Prints one line per variant and the ratios to the baseline. Medians of --steps runs after one
-// warm-up; the variants are interleaved so machine load affects them alike.
+// What is timed: one forward_backward of batch × seq tokens (--steps timed rounds after one
+// warm-up round), and --decode tokens decoded one at a time after a 1-token prompt (--decode-reps
+// rounds). How, so that the ratios hold on a shared 2-core machine:
+//   * rounds: every round times each variant once, in an order rotated from round to round
+//     (round r starts at variant r mod 3), so drift and position effects hit all variants alike;
+//   * the ratio of a variant is the median over rounds of its time / the baseline's time in the
+//     SAME round (paired), printed with the lowest and highest round ratio (the spread); the
+//     time columns are the medians over rounds;
+//   * --gap-ms of sleep after every timed unit: under `chrt -f` the kernel's real-time limit
+//     (sched_rt_runtime_us = 950000 of every 1 s) stalls a process that runs flat out for 50 ms
+//     each second, which lands on whichever variant is running (that is what made back-to-back
+//     runs differ by 10 % and more); with the gaps the duty cycle stays under 95 %. The gaps are
+//     outside the timed regions.
+// --samples prints every round's times.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/rng.h"
@@ -30,9 +44,16 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Median (mean of the middle two for an even count).
 double median(std::vector<double> v) {
+  if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+  const size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+void sleep_ms(int64_t ms) {
+  if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 
 struct Variant {
@@ -47,8 +68,8 @@ struct Variant {
 
 int main(int argc, char** argv) {
   int64_t layers = 24, hidden = 64, ffn = 192, heads = 4, kv = 2, vocab = 4093, n = 4, B = 8,
-          T = 64, steps = 6, n_decode = 128;
-  bool recompute = false;
+          T = 64, steps = 6, n_decode = 128, decode_reps = 15, gap_ms = 150;
+  bool recompute = false, skip_train = false, skip_decode = false, samples = false;
   std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -70,7 +91,12 @@ int main(int argc, char** argv) {
     else if (a == "--seq") T = next();
     else if (a == "--steps") steps = next();
     else if (a == "--decode") n_decode = next();
+    else if (a == "--decode-reps") decode_reps = next();
+    else if (a == "--gap-ms") gap_ms = next();
     else if (a == "--recompute") recompute = true;
+    else if (a == "--skip-train") skip_train = true;
+    else if (a == "--skip-decode") skip_decode = true;
+    else if (a == "--samples") samples = true;
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else {
       std::fprintf(stderr, "unknown option %s (see the header of bench_mhc_model.cpp)\n", a.c_str());
@@ -125,37 +151,71 @@ int main(int argc, char** argv) {
   for (auto& t : tok) t = int32_t(rng.next() % uint64_t(vocab));
   for (auto& t : tgt) t = int32_t(rng.next() % uint64_t(vocab));
 
-  // Training steps, interleaved.
-  for (int64_t s = 0; s <= steps; ++s)
-    for (auto& v : vs) {
-      v.tm->zero_grad();
-      const double t0 = now();
-      v.tm->forward_backward(tok.data(), tgt.data(), B, T, 1.0f / float(B * T));
-      if (s > 0) v.step_s.push_back(now() - t0);
-    }
-  // Decode: n_decode tokens one at a time after a 1-token prompt, interleaved per repeat (7
-  // repeats: on the shared machine single repeats vary by ±15 %).
-  for (int rep = 0; rep < 7; ++rep)
-    for (auto& v : vs) {
-      qwen::Decoder dec(*v.model, 1);
-      qwen::KvCache cache(v.cfg, 1, n_decode + 1);
-      std::vector<float> logits(static_cast<size_t>(vocab));
-      const double t0 = now();
-      for (int64_t t = 0; t < n_decode; ++t) {
-        qwen::SeqChunk ch{0, 1, tok.data() + (t % (B * T))};
-        dec.forward(cache, &ch, 1, qwen::LogitsMode::kLast, logits.data());
+  // Training steps: one warm-up round, then `steps` timed rounds, variant order rotated.
+  const size_t nv = vs.size();
+  if (!skip_train)
+    for (int64_t s = 0; s <= steps; ++s)
+      for (size_t q = 0; q < nv; ++q) {
+        Variant& v = vs[(q + size_t(s)) % nv];
+        v.tm->zero_grad();
+        const double t0 = now();
+        v.tm->forward_backward(tok.data(), tgt.data(), B, T, 1.0f / float(B * T));
+        if (s > 0) v.step_s.push_back(now() - t0);
+        sleep_ms(gap_ms);
       }
-      v.decode_s.push_back((now() - t0) / double(n_decode));
-    }
+  // Decode: n_decode tokens one at a time after a 1-token prompt; one untimed warm-up round,
+  // then decode_reps timed rounds, rotated like the steps.
+  if (!skip_decode)
+    for (int64_t rep = 0; rep <= decode_reps; ++rep)
+      for (size_t q = 0; q < nv; ++q) {
+        Variant& v = vs[(q + size_t(rep)) % nv];
+        qwen::Decoder dec(*v.model, 1);
+        qwen::KvCache cache(v.cfg, 1, n_decode + 1);
+        std::vector<float> logits(static_cast<size_t>(vocab));
+        const double t0 = now();
+        for (int64_t t = 0; t < n_decode; ++t) {
+          qwen::SeqChunk ch{0, 1, tok.data() + (t % (B * T))};
+          dec.forward(cache, &ch, 1, qwen::LogitsMode::kLast, logits.data());
+        }
+        if (rep > 0) v.decode_s.push_back((now() - t0) / double(n_decode));
+        sleep_ms(gap_ms / 4);
+      }
 
-  const double step0 = median(vs[0].step_s), dec0 = median(vs[0].decode_s);
+  if (samples)
+    for (auto& v : vs) {
+      std::printf("%-10s step ms:", v.name.c_str());
+      for (double x : v.step_s) std::printf(" %.1f", x * 1e3);
+      std::printf("\n%-10s decode us/tok:", v.name.c_str());
+      for (double x : v.decode_s) std::printf(" %.1f", x * 1e6);
+      std::printf("\n");
+    }
+  // Paired ratios: round by round against the baseline's time in the same round.
+  struct Ratio {
+    double med = 0, lo = 0, hi = 0;
+  };
+  auto paired = [&](const std::vector<double>& a, const std::vector<double>& b) {
+    std::vector<double> r;
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) r.push_back(a[i] / b[i]);
+    Ratio out;
+    if (r.empty()) return out;
+    out.med = median(r);
+    out.lo = *std::min_element(r.begin(), r.end());
+    out.hi = *std::max_element(r.begin(), r.end());
+    return out;
+  };
   const size_t act0 = vs[0].tm->activation_bytes();
-  std::printf("%-10s %12s %8s %14s %8s %14s %10s %12s\n", "variant", "step ms", "x base",
-              "decode us/tok", "x base", "activations", "x base", "params");
+  std::printf("%lld step rounds, %lld decode rounds of %lld tokens; x base = median of the paired "
+              "per-round ratios [lowest, highest]\n",
+              (long long)(skip_train ? 0 : steps), (long long)(skip_decode ? 0 : decode_reps),
+              (long long)n_decode);
+  std::printf("%-10s %9s %22s %14s %22s %12s %7s %10s\n", "variant", "step ms", "x base [spread]",
+              "decode us/tok", "x base [spread]", "activations", "x base", "params");
   for (auto& v : vs) {
-    const double st = median(v.step_s), de = median(v.decode_s);
-    std::printf("%-10s %12.1f %8.3f %14.1f %8.3f %11.1f MB %10.3f %12lld\n", v.name.c_str(),
-                st * 1e3, st / step0, de * 1e6, de / dec0, double(v.tm->activation_bytes()) / 1e6,
+    const Ratio rs = paired(v.step_s, vs[0].step_s), rd = paired(v.decode_s, vs[0].decode_s);
+    std::printf("%-10s %9.1f %6.3f [%5.3f, %5.3f] %14.1f %6.3f [%5.3f, %5.3f] %9.1f MB %7.3f %10lld\n",
+                v.name.c_str(), median(v.step_s) * 1e3, rs.med, rs.lo, rs.hi,
+                median(v.decode_s) * 1e6, rd.med, rd.lo, rd.hi,
+                double(v.tm->activation_bytes()) / 1e6,
                 double(v.tm->activation_bytes()) / double(act0), (long long)v.tm->n_params());
   }
   if (vs.size() < 3) return 0;

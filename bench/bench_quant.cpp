@@ -6,7 +6,8 @@
 //            the DRAM read roofline measured in the same run;
 //   models:  decode tok/s of model folders given with --models (e.g. the 125m preset as F32 and
 //            BF16 folders, and its `qwen quantize` NF4 and Q8_0 folders), each with its weight
-//            bytes read per token (all matrices incl. lm_head) and bits per parameter.
+//            bytes read per token (all matrices incl. lm_head), bits per parameter held in memory
+//            and the cap (bytes per token of the first model / of this one).
 // Usage: bench_quant [--reps N] [--threads N] [--only kernels|models]
 //                    [--models DIR[:bf16],DIR,...] [--gen N]
 #include <cmath>
@@ -24,6 +25,7 @@
 #include "machine_probe.h"
 #include "model/model.h"
 #include "ops/matmul.h"
+#include "ops/nf4.h"
 #include "ops/quant.h"
 
 using qwen::DType;
@@ -45,9 +47,12 @@ struct WeightSet {
   size_t bytes_each = 0;
   WeightSet(int64_t N, int64_t K, DType wt, int n_copies) {
     const auto w = randn(size_t(N * K), 7, 0.02f);
-    bytes_each = size_t(N) * qwen::dtype_row_bytes(wt, K);
+    // Quantised: the whole matrix as the loader holds it (NF4: header, codes, 8-bit absmax codes,
+    // nested absmax: ~4.13 bits per weight).
+    bytes_each = qwen::dtype_is_quantized(wt) ? qwen::ops::quant_matrix_bytes(wt, N, K)
+                                              : size_t(N) * qwen::dtype_row_bytes(wt, K);
     std::vector<uint8_t> one(bytes_each);
-    if (qwen::dtype_is_quantized(wt)) qwen::ops::quantize_row(wt, w.data(), one.data(), N * K);
+    if (qwen::dtype_is_quantized(wt)) qwen::ops::quantize_matrix(wt, w.data(), one.data(), N, K);
     else qwen::convert_from_f32(w.data(), wt, one.data(), size_t(N * K));
     for (int i = 0; i < n_copies; ++i) copies.push_back(one);
   }
@@ -110,13 +115,18 @@ void bench_kernels(int reps) {
   }
 }
 
+// Bytes of a matrix as held in memory (an NF4 matrix's header and nested absmax included).
+double linear_bytes(const qwen::Linear& l) {
+  return l.dtype == DType::NF4 ? double(qwen::ops::nf4_total_bytes(l.w)) : double(l.bytes());
+}
+
 // Bytes of weights one decode step reads: every matrix (layers and lm_head) once, one
 // embedding row.
 double bytes_per_token(const qwen::Model& m) {
   double b = 0;
   for (const auto& L : m.layers())
-    for (const qwen::Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) b += double(l->bytes());
-  b += double(m.lm_head().bytes());
+    for (const qwen::Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) b += linear_bytes(*l);
+  b += linear_bytes(m.lm_head());
   b += double(qwen::dtype_row_bytes(m.embed_dtype(), m.config().hidden_size));
   return b;
 }
@@ -156,16 +166,31 @@ void bench_models(const std::string& list, int reps, int64_t gen_len) {
     }
   std::printf("\ndecode, batch 1, %lld new tokens after an 8-token prompt, %d threads, median of %d:\n",
               (long long)gen_len, qwen::num_threads(), reps);
-  std::printf("%-28s %7s %10s %12s %10s %9s %8s\n", "model", "matrix", "params", "bits/param", "MB/token",
-              "tok/s", "GB/s");
+  std::printf("%-28s %7s %10s %10s %10s %10s %9s %8s %9s %7s\n", "model", "matrix", "params",
+              "bits/param", "q bits/w", "MB/token", "tok/s", "GB/s", "vs first", "cap");
   const double base = es.empty() ? 1 : median(es[0].tok_s);
+  const double base_bpt = es.empty() ? 1 : bytes_per_token(*es[0].m);
   for (auto& e : es) {
     const double t = median(e.tok_s), bpt = bytes_per_token(*e.m);
-    const double bits = 8.0 * double(e.m->weight_bytes()) / double(e.m->num_parameters());
-    std::printf("%-28s %7s %9.1fM %12.2f %10.1f %9.1f %8.1f   (%.2fx first)\n", e.label.c_str(),
-                qwen::dtype_name(e.m->matrix_dtype()), e.m->num_parameters() / 1e6, bits, bpt / 1e6, t,
-                t * bpt / 1e9, t / base);
+    // Weight bytes held in memory: every tensor, NF4 matrices with their header and nested absmax.
+    double held = double(e.m->weight_bytes()), q_bytes = 0, q_params = 0;
+    for (const auto& L : e.m->layers())
+      for (const qwen::Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+        if (qwen::dtype_is_quantized(l->dtype)) {
+          held += linear_bytes(*l) - double(l->bytes());
+          q_bytes += linear_bytes(*l);
+          q_params += double(l->n_out * l->n_in);
+        }
+    const double bits = 8.0 * held / double(e.m->num_parameters());
+    // cap: the speed-up over the first model if every byte were read at the same speed.
+    std::printf("%-28s %7s %9.1fM %10.3f %10.3f %10.1f %9.1f %8.1f %8.2fx %6.2fx\n", e.label.c_str(),
+                qwen::dtype_name(e.m->matrix_dtype()), e.m->num_parameters() / 1e6, bits,
+                q_params > 0 ? 8.0 * q_bytes / q_params : 0.0, bpt / 1e6, t, t * bpt / 1e9, t / base,
+                base_bpt / bpt);
   }
+  std::printf("bits/param: all weights held in memory / all parameters; q bits/w: the quantised layer "
+              "matrices only;\ncap: bytes read per token by the first model / by this one (the "
+              "decode speed-up if both read at one speed)\n");
 }
 
 }  // namespace

@@ -303,6 +303,15 @@ TEST(AttentionKernels, SimdMatchesPortable) {
         a.scores(qs.data(), M, D, kt_a.data(), s_a.data());
         b.scores(qs.data(), M, D, kt_b.data(), s_b.data());
         EXPECT_LE(max_abs_diff(s_a, s_b), 1e-5 * std::sqrt(double(D)));
+        // The decode score kernel (no transpose) against the portable one and the tiled scores;
+        // columns past nk must be zero like the transposed tile's.
+        std::vector<float> d_a(sz(M * kAttnBk), kNaN), d_b(sz(M * kAttnBk), kNaN);
+        a.scores_direct(qs.data(), M, D, kv.data(), stride, nk, d_a.data());
+        b.scores_direct(qs.data(), M, D, kv.data(), stride, nk, d_b.data());
+        EXPECT_LE(max_abs_diff(d_a, d_b), 1e-5 * std::sqrt(double(D)));
+        EXPECT_LE(max_abs_diff(d_a, s_a), 1e-5 * std::sqrt(double(D)));
+        for (int64_t r = 0; r < M; ++r)
+          for (int64_t j = nk; j < kAttnBk; ++j) ASSERT_EQ(d_a[sz(r * kAttnBk + j)], 0.0f);
         s_b = s_a;
 
         std::vector<int32_t> n_valid(sz(M));

@@ -128,11 +128,9 @@ TEST(GgufQuant, NibbleOrderOfQ4_0) {
 
 // ---------------------------------------------------------------- kernels vs references
 
-// The decode matvecs with 16-bit activations: Q4_0 / Q4_1 as registered, Q8_0 through
-// gguf::q8_0_matvec_act16 (its registered kernel is ops/q8_0.h's, with f32 activations).
+// The registered decode matvecs of Q4_0, Q4_1 and Q8_0 all use 16-bit activations.
 static void matvec_act16(DType t, const void* w, const float* x, float* y, int64_t N, int64_t K, bool acc) {
-  if (t == DType::Q8_0) ops::gguf::q8_0_matvec_act16(w, x, y, N, K, acc);
-  else ops::quant_kernels(t).matvec(w, x, y, N, K, acc);
+  ops::quant_kernels(t).matvec(w, x, y, N, K, acc);
 }
 
 TEST(GgufQuant, MatvecWithinActivationRoundingBound) {

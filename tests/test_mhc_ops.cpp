@@ -813,3 +813,64 @@ TEST(MhcErrors, BadDimsThrowOneLine) {
   EXPECT_THROW(mhc_post_merge(d, X.data(), X.data(), X.data(), X.data(), 1, buf.data()),
                qwen::Error);
 }
+
+// The fused input side of a site (mhc_site_in: coefficients + pre-aggregation per group of 8
+// tokens) and the fused merge + next site's input side (mhc_site_merge_in, also in place) give
+// bit for bit what the separate calls give, in both modes, for token counts around the group
+// size and the decode sizes, and in float64.
+TEST(MhcKernels, FusedSiteInEqualsSeparateCallsBitForBit) {
+  for (HcMode mode : {HcMode::Mhc, HcMode::Hc})
+    for (int64_t n : {1, 3, 4, 5})
+      for (int64_t C : {7, 72})
+        for (int64_t T : {1, 4, 5, 8, 13, 67}) {
+          SCOPED_TRACE("mode " + std::to_string(int(mode)) + " n " + std::to_string(n) + " C " +
+                       std::to_string(C) + " T " + std::to_string(T));
+          Site a = make_site(mode, n, C, T, 31 + n + C + T);
+          Site b = make_site(mode, n, C, T, 57 + n + C + T);
+          const MhcDims& d = a.d;
+          const std::vector<float> X = to_f(normal(size_t(T * n * C), 1.0, 5 + T)),
+                                   Fv = to_f(normal(size_t(T * C), 1.0, 6 + T));
+          const std::vector<float> pa = to_f(a.phi), ba = to_f(a.bias), aa = to_f(a.alpha);
+          const std::vector<float> pb = to_f(b.phi), bb = to_f(b.bias), ab = to_f(b.alpha);
+          const MhcParams<float> P1{pa.data(), ba.data(), aa.data()}, P2{pb.data(), bb.data(), ab.data()};
+          const size_t cs = size_t(mhc_coefs_size(T, n));
+          // Separate calls.
+          std::vector<float> c1(cs), c2(cs), u1(size_t(T * C)), u2(size_t(T * C)), Xm(X.size());
+          const MhcCoefs<float> v1 = mhc_coefs_view(c1.data(), T, n), v2 = mhc_coefs_view(c2.data(), T, n);
+          mhc_coefficients_forward(d, P1, X.data(), T, v1);
+          mhc_pre_aggregate(d, X.data(), v1.h_pre, T, u1.data());
+          mhc_post_merge(d, X.data(), v1.h_res, v1.h_post, Fv.data(), T, Xm.data());
+          mhc_coefficients_forward(d, P2, Xm.data(), T, v2);
+          mhc_pre_aggregate(d, Xm.data(), v2.h_pre, T, u2.data());
+          // Fused: out of place, then in place.
+          std::vector<float> f1(cs, -7.0f), f2(cs, -7.0f), w1(u1.size(), -7.0f), w2(u2.size(), -7.0f),
+              Xf(X.size(), -7.0f);
+          const MhcCoefs<float> g1 = mhc_coefs_view(f1.data(), T, n), g2 = mhc_coefs_view(f2.data(), T, n);
+          mhc_site_in(d, P1, X.data(), T, g1, w1.data());
+          mhc_site_merge_in(d, X.data(), g1, Fv.data(), T, Xf.data(), P2, g2, w2.data());
+          for (size_t k = 0; k < cs; ++k) {
+            ASSERT_EQ(f1[k], c1[k]) << k;
+            ASSERT_EQ(f2[k], c2[k]) << k;
+          }
+          for (size_t k = 0; k < u1.size(); ++k) {
+            ASSERT_EQ(w1[k], u1[k]) << k;
+            ASSERT_EQ(w2[k], u2[k]) << k;
+          }
+          for (size_t k = 0; k < X.size(); ++k) ASSERT_EQ(Xf[k], Xm[k]) << k;
+          std::vector<float> Xi = X, f3(cs, -7.0f), w3(u2.size(), -7.0f);
+          const MhcCoefs<float> g3 = mhc_coefs_view(f3.data(), T, n);
+          mhc_site_merge_in(d, Xi.data(), g1, Fv.data(), T, Xi.data(), P2, g3, w3.data());
+          for (size_t k = 0; k < X.size(); ++k) ASSERT_EQ(Xi[k], Xm[k]) << k;
+          for (size_t k = 0; k < cs; ++k) ASSERT_EQ(f3[k], c2[k]) << k;
+          for (size_t k = 0; k < u2.size(); ++k) ASSERT_EQ(w3[k], u2[k]) << k;
+          // float64: the scalar path, same composition.
+          const std::vector<double> Xd = normal(size_t(T * n * C), 1.0, 5 + T);
+          std::vector<double> cd(cs), ud(size_t(T * C)), ce(cs), ue(ud.size());
+          const MhcParams<double> Pd{a.phi.data(), a.bias.data(), a.alpha.data()};
+          mhc_coefficients_forward(d, Pd, Xd.data(), T, mhc_coefs_view(cd.data(), T, n));
+          mhc_pre_aggregate(d, Xd.data(), mhc_coefs_view(cd.data(), T, n).h_pre, T, ud.data());
+          mhc_site_in(d, Pd, Xd.data(), T, mhc_coefs_view(ce.data(), T, n), ue.data());
+          ASSERT_EQ(cd, ce);
+          ASSERT_EQ(ud, ue);
+        }
+}

@@ -40,12 +40,10 @@ std::vector<float> run_logits(const Model& m, const std::vector<int32_t>& ids) {
 // Dequantised f32 copy of a model matrix, whatever its dtype.
 std::vector<float> dense(const Linear& l) {
   std::vector<float> w(size_t(l.n_out * l.n_in));
-  const size_t rb = dtype_row_bytes(l.dtype, l.n_in);
-  for (int64_t r = 0; r < l.n_out; ++r) {
-    const auto* src = static_cast<const uint8_t*>(l.w) + size_t(r) * rb;
-    if (dtype_is_quantized(l.dtype)) ops::dequantize_row(l.dtype, src, w.data() + r * l.n_in, l.n_in);
-    else convert_to_f32(src, l.dtype, w.data() + r * l.n_in, size_t(l.n_in));
-  }
+  // A quantised matrix is addressed as a whole (NF4 has a header and nested absmax blocks that
+  // run across rows).
+  if (dtype_is_quantized(l.dtype)) ops::dequantize_rows(l.dtype, l.w, l.n_out, l.n_in, 0, l.n_out, w.data());
+  else convert_to_f32(l.w, l.dtype, w.data(), w.size());
   return w;
 }
 

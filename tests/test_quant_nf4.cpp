@@ -114,43 +114,83 @@ TEST(Nf4Bnb, QuantStateJsonParses) {
   EXPECT_THROW(io::bnb_parse_quant_state_json("not json", &t, "x"), Error);
 }
 
-// The in-memory blocks of a (rows, 64·k) tensor dequantise to exactly what bitsandbytes gives.
-TEST(Nf4Bnb, InMemoryBlocksDequantiseLikeBitsandbytes) {
+// The in-memory matrix of a (rows, 64·k) tensor holds bitsandbytes' own arrays (codes, 8-bit
+// absmax codes, nested absmax, offset: the double-quantised form, ~4.13 bits per weight) and
+// dequantises to exactly what bitsandbytes gives.
+TEST(Nf4Bnb, InMemoryMatrixKeepsDoubleQuantAndDequantisesLikeBitsandbytes) {
   const auto x = tensor<float>("full_64x64.input");
   for (bool dq : {false, true}) {
+    SCOPED_TRACE(dq ? "dq" : "plain");
+    const std::string tag = std::string("full_64x64.") + (dq ? "dq" : "plain");
     io::Nf4Tensor q = io::bnb_quantize_nf4(x.data(), {64, 64}, dq);
-    std::vector<uint8_t> blocks(64 * ops::kNf4BlockBytes);
-    io::bnb_to_nf4_blocks(q, blocks.data());
-    std::vector<float> a(64 * 64), b(64 * 64);
-    ops::nf4_dequantize_ref(blocks.data(), a.data(), 64 * 64);
-    EXPECT_TRUE(same_bits(a, tensor<float>(std::string("full_64x64.") + (dq ? "dq" : "plain") + ".dequant")));
-    ops::nf4_dequantize(blocks.data(), b.data(), 64 * 64);
-    EXPECT_TRUE(same_bits(a, b));
-    // Per-block quantisation (ops::nf4_quantize) picks the same codes and absmax.
-    std::vector<uint8_t> direct(64 * ops::kNf4BlockBytes);
-    ops::nf4_quantize(x.data(), direct.data(), 64 * 64);
-    if (!dq) {
-      EXPECT_EQ(direct, blocks);
+    const std::vector<uint8_t> m = io::bnb_to_nf4_matrix(q);
+    EXPECT_EQ(m.size(), ops::nf4_matrix_bytes(64, 64, dq));
+    const ops::Nf4View v = ops::nf4_view(m.data());
+    EXPECT_EQ(std::vector<uint8_t>(v.codes, v.codes + 64 * 32), tensor<uint8_t>(tag + ".packed"));
+    if (dq) {
+      EXPECT_EQ(std::vector<uint8_t>(v.absmax_codes, v.absmax_codes + 64), tensor<uint8_t>(tag + ".absmax"));
+      EXPECT_TRUE(same_bits(std::vector<float>(v.nested, v.nested + 1), tensor<float>(tag + ".nested_absmax")));
+      EXPECT_EQ(v.absmax_f32, nullptr);
+    } else {
+      EXPECT_TRUE(same_bits(std::vector<float>(v.absmax_f32, v.absmax_f32 + 64), tensor<float>(tag + ".absmax")));
     }
+    std::vector<float> a(64 * 64), b(64 * 64);
+    ops::nf4_dequantize_ref(m.data(), a.data(), 64 * 64);
+    EXPECT_TRUE(same_bits(a, tensor<float>(tag + ".dequant")));
+    ops::nf4_dequantize(m.data(), b.data(), 64 * 64);
+    EXPECT_TRUE(same_bits(a, b));
+    // Quantising the f32 matrix directly gives the same bytes.
+    EXPECT_EQ(ops::nf4_quantize_matrix(x.data(), 64, 64, dq), m);
   }
-  // Rows that are not whole blocks cannot become in-memory blocks.
+  // Rows that are not whole blocks cannot become an in-memory matrix.
   const auto y = tensor<float>("odd_7x13.input");
   io::Nf4Tensor q = io::bnb_quantize_nf4(y.data(), {7, 13}, false);
-  std::vector<uint8_t> buf(1024);
-  EXPECT_THROW(io::bnb_to_nf4_blocks(q, buf.data()), Error);
+  EXPECT_THROW(io::bnb_to_nf4_matrix(q), Error);
+}
+
+// Several nested blocks of 256 absmax, with rows straddling their boundaries: every value equals
+// io::bnb_dequantize_nf4 (the path the golden files check against bitsandbytes), the memory is
+// 33 bytes per 64 weights + the header and nested absmax, and a row pointer is refused.
+TEST(Nf4Bnb, InMemoryMatrixAcrossNestedBlocks) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 0.03f);
+  const int64_t N = 37, K = 64 * 19;  // 703 blocks: 3 nested blocks, rows straddle 256 and 512
+  std::vector<float> w(size_t(N * K));
+  for (auto& v : w) v = nd(rng);
+  w[5] = 0.9f;  // one heavy block
+  for (bool dq : {true, false}) {
+    SCOPED_TRACE(dq ? "dq" : "plain");
+    io::Nf4Tensor q = io::bnb_quantize_nf4(w.data(), {N, K}, dq);
+    std::vector<float> want(size_t(N * K)), got(size_t(N * K)), rows(size_t(5 * K));
+    io::bnb_dequantize_nf4(q, want.data());
+    const std::vector<uint8_t> m = ops::nf4_quantize_matrix(w.data(), N, K, dq);
+    ops::nf4_dequantize_ref(m.data(), got.data(), N * K);
+    EXPECT_TRUE(same_bits(got, want));
+    ops::nf4_dequantize(m.data(), got.data(), N * K);
+    EXPECT_TRUE(same_bits(got, want));
+    ops::dequantize_rows(DType::NF4, m.data(), N, K, 6, 5, rows.data());
+    EXPECT_TRUE(same_bits(rows, std::vector<float>(want.begin() + 6 * K, want.begin() + 11 * K)));
+    const size_t blocks = size_t(N * K / 64);
+    const size_t expect = 64 + (dq ? blocks * 33 + 3 * 4 : blocks * 36);
+    EXPECT_GE(m.size(), expect);
+    EXPECT_LE(m.size(), expect + 3 * 64);  // each array padded to 64 bytes
+    EXPECT_EQ(ops::quant_matrix_bytes(DType::NF4, N, K), ops::nf4_matrix_bytes(N, K, true));
+    EXPECT_THROW(ops::nf4_view(m.data() + 64 + K / 2), Error);
+    EXPECT_THROW(ops::quantize_row(DType::NF4, w.data(), got.data(), K), Error);
+  }
 }
 
 // ---- kernels ----
 
 namespace {
 
+// A random NF4 matrix, double-quantised or not (alternating per call).
 std::vector<uint8_t> random_nf4(int64_t N, int64_t K, std::mt19937& rng) {
+  static int calls = 0;
   std::normal_distribution<float> nd(0.0f, 0.05f);
   std::vector<float> w(size_t(N * K));
   for (auto& v : w) v = nd(rng);
-  std::vector<uint8_t> q(size_t(N * K / 64) * ops::kNf4BlockBytes);
-  ops::nf4_quantize(w.data(), q.data(), N * K);
-  return q;
+  return ops::nf4_quantize_matrix(w.data(), N, K, calls++ % 2 == 0);
 }
 
 std::vector<float> random_vec(size_t n, std::mt19937& rng) {
@@ -174,7 +214,7 @@ void expect_close_dot(const std::vector<float>& got, const std::vector<float>& r
 
 TEST(Nf4Kernels, DequantiseMatchesReferenceExactly) {
   std::mt19937 rng(5);
-  for (int64_t n : {64, 128, 64 * 37}) {
+  for (int64_t n : {64, 128, 64 * 37, 64 * 301, 64 * 301}) {
     auto q = random_nf4(1, n, rng);
     std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
     ops::nf4_dequantize_ref(q.data(), a.data(), n);
@@ -188,7 +228,7 @@ TEST(Nf4Kernels, DequantiseMatchesReferenceExactly) {
 TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
   std::mt19937 rng(11);
   for (int64_t N : {1, 3, 17, 33}) {
-    for (int64_t K : {64, 192, 320}) {
+    for (int64_t K : {64, 192, 320, 64 * 19}) {  // 64·19: rows straddle nested blocks of 256
       auto W = random_nf4(N, K, rng);
       std::vector<float> wf(size_t(N * K));
       ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);

@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <new>
 #include <chrono>
 #include <cmath>
 #include <numeric>
@@ -255,6 +258,84 @@ TEST(ServeEngine, QueueLimitAndValidation) {
   EXPECT_THROW(e.submit(text), Error);  // no tokenizer
   e.run_until_idle();
   EXPECT_EQ(e.n_active(), 0);
+}
+
+// ---- no allocation per decode step ---------------------------------------------------------
+
+// Counts the operator new calls of the process while g_count_news is set.
+std::atomic<bool> g_count_news{false};
+std::atomic<int64_t> g_news{0};
+
+}  // namespace
+
+// The replacements pair malloc/aligned_alloc with free; GCC cannot see that and warns.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t n) {
+  if (g_count_news.load(std::memory_order_relaxed)) g_news.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+  if (g_count_news.load(std::memory_order_relaxed)) g_news.fetch_add(1, std::memory_order_relaxed);
+  const size_t al = size_t(a);
+  if (void* p = std::aligned_alloc(al, (std::max<size_t>(n, 1) + al - 1) / al * al)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
+
+namespace {
+
+// The allocations of serving a batch of requests do not depend on how many tokens they
+// generate: the decode steps (scheduling, block growth, prefix-cache inserts, the forward,
+// sampling with every filter and penalty, log-probabilities, stop checks, hand-over to the
+// handles) allocate nothing. Text is off: the tokenizer's streaming decoder returns strings.
+TEST(ServeEngine, DecodeStepsDoNotAllocate) {
+  auto m = Model::random(small_config(384, 4, 2), 3);
+  const std::vector<Tokens> prompts = random_prompts(4, 384, 21, 5, 30);
+  auto requests = [&](int64_t max_tokens, bool sample, uint64_t seed) {
+    std::vector<GenerationRequest> out;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      GenerationRequest r = greedy(prompts[i], max_tokens);
+      if (sample) {  // every filter and penalty, on different requests
+        r.sampling.temperature = 0.8f;
+        r.sampling.top_k = i % 2 ? 40 : 0;
+        r.sampling.top_p = i % 2 ? 1.0f : 0.9f;
+        r.sampling.min_p = i == 2 ? 0.01f : 0.0f;
+        r.sampling.repetition_penalty = 1.1f;
+        r.sampling.presence_penalty = 0.2f;
+        r.sampling.frequency_penalty = 0.1f;
+        r.sampling.seed = seed + i;
+      }
+      out.push_back(r);
+    }
+    return out;
+  };
+  auto news_for = [&](int64_t max_tokens, bool sample) {
+    EngineConfig ec;
+    ec.block_size = 4;  // a new block (and a prefix-cache insert) every 4 tokens
+    ec.max_running = 4;
+    Engine e(*m, nullptr, ec);
+    run_crowd(e, requests(max_tokens, sample, 1));  // warm-up: first-call buffers
+    std::vector<std::shared_ptr<RequestHandle>> hs;
+    for (const GenerationRequest& r : requests(max_tokens, sample, 100)) hs.push_back(e.submit(r));
+    g_news = 0;
+    g_count_news = true;
+    e.run_until_idle();
+    g_count_news = false;
+    for (auto& h : hs) EXPECT_EQ(int64_t(h->wait().tokens.size()), max_tokens);
+    return g_news.load();
+  };
+  for (bool sample : {false, true}) {
+    SCOPED_TRACE(sample ? "sampling" : "greedy");
+    const int64_t short_run = news_for(6, sample), long_run = news_for(40, sample);
+    EXPECT_GT(short_run, 0);  // admission allocates (the request's state): the counter works
+    EXPECT_EQ(long_run, short_run) << "34 more decode steps allocated";
+  }
 }
 
 // ---- text: stop ids, stop strings, streaming ------------------------------------------------

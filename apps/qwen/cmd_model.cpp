@@ -1,7 +1,7 @@
 // apps/qwen/cmd_model.cpp — model commands: init (random-weight folder), info, generate, eval,
 // bench, and forward (logits dump for interoperability checks). generate, eval and forward take
-// --adapter DIR: a PEFT LoRA adapter attached to the loaded base, unmerged.
-#include <sys/resource.h>
+// --adapter DIR: a PEFT LoRA adapter attached to the loaded base, unmerged. Uses only the public
+// API (qwen/eval.h holds the perplexity and benchmark loops).
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,17 +12,16 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "commands.h"
-#include "core/cpu.h"
-#include "generate/generator.h"
-#include "io/gguf_tokenizer.h"
-#include "model/decoder.h"
-#include "model/model.h"
 #include "qwen/error.h"
+#include "qwen/eval.h"
+#include "qwen/generator.h"
+#include "qwen/model.h"
+#include "qwen/runtime.h"
 #include "qwen/tokenizer.h"
-#include "train/lora.h"
 
 namespace qwen::cli {
 
@@ -38,14 +37,6 @@ struct ModelArgs {
   int threads = 0;
 };
 
-// A loaded model and the adapter attached to it (declared first: it outlives the model's use).
-struct LoadedModel {
-  std::unique_ptr<train::LoraAdapter> adapter;
-  std::unique_ptr<Model> model;
-  Model* operator->() const { return model.get(); }
-  Model& operator*() const { return *model; }
-};
-
 void add_model_args(CLI::App* c, ModelArgs& a, bool with_adapter = false) {
   c->add_option("--model", a.model, "Hugging Face model folder (config.json + safetensors)")
       ->required();
@@ -57,30 +48,11 @@ void add_model_args(CLI::App* c, ModelArgs& a, bool with_adapter = false) {
                   "applied unmerged");
 }
 
-bool parse_dtype(const std::string& s, DType* out) {
-  if (s == "f32" || s == "float32") *out = DType::F32;
-  else if (s == "bf16" || s == "bfloat16") *out = DType::BF16;
-  else if (s == "f16" || s == "float16") *out = DType::F16;
-  else return false;
-  return true;
-}
-
-LoadedModel load_model(const ModelArgs& a) {
+Model load_model(const ModelArgs& a) {
   set_num_threads(a.threads);
-  LoadedModel r;
-  if (a.dtype.empty()) {
-    r.model = Model::load(a.model);
-  } else {
-    DType dt;
-    if (!parse_dtype(a.dtype, &dt))
-      throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
-    r.model = Model::load(a.model, &dt);
-  }
-  if (!a.adapter.empty()) {  // before any Decoder is built: it sizes its LoRA scratch then
-    r.adapter = train::LoraAdapter::load(a.adapter, r.model->config());
-    r.adapter->attach(*r.model);
-  }
-  return r;
+  Model m = a.dtype.empty() ? Model::load(a.model) : Model::load(a.model, parse_float_dtype(a.dtype));
+  if (!a.adapter.empty()) m.load_adapter(a.adapter);  // before any generator is built on it
+  return m;
 }
 
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
@@ -102,12 +74,6 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   }
   flush();
   return ids;
-}
-
-size_t peak_rss_bytes() {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return size_t(ru.ru_maxrss) * 1024;
 }
 
 std::string human_bytes(double b) {
@@ -152,8 +118,7 @@ void cmd_init(const std::string& config_path, const std::string& preset_name,
   ModelConfig c;
   if (!config_path.empty()) c = ModelConfig::from_file(config_path);
   else c = preset(preset_name.empty() ? "tiny" : preset_name);
-  DType dt = DType::F32;
-  if (!parse_dtype(dtype, &dt)) throw Error("--dtype '" + dtype + "' is not one of f32, bf16, f16");
+  const WeightType dt = parse_float_dtype(dtype);
   if (!tokenizer_dir.empty()) {
     Tokenizer tok = Tokenizer::from_dir(tokenizer_dir);
     if (tok.vocab_size() > c.vocab_size)
@@ -163,8 +128,8 @@ void cmd_init(const std::string& config_path, const std::string& preset_name,
     if (tok.eos_id() >= 0) c.eos_token_ids.push_back(tok.eos_id());
     c.bos_token_id = tok.bos_id();
   }
-  auto m = Model::random(c, seed, dt);
-  m->save(out);
+  Model m = Model::create(c, seed, dt);
+  m.save(out);
   if (!tokenizer_dir.empty()) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
       fs::path src = fs::path(tokenizer_dir) / f;
@@ -172,17 +137,17 @@ void cmd_init(const std::string& config_path, const std::string& preset_name,
     }
   }
   std::printf("wrote %s: %s, %.2fM parameters, %s weights (%s)\n", out.c_str(),
-              c.architecture.c_str(), m->num_parameters() / 1e6, dtype.c_str(),
-              human_bytes(double(m->weight_bytes())).c_str());
+              c.architecture.c_str(), m.num_parameters() / 1e6, dtype.c_str(),
+              human_bytes(double(m.weight_bytes())).c_str());
 }
 
 void cmd_info(const ModelArgs& a, bool as_json) {
-  auto m = load_model(a);
-  const ModelConfig& c = m->config();
-  const int64_t n = m->num_parameters();
+  Model m = load_model(a);
+  const ModelConfig& c = m.config();
+  const int64_t n = m.num_parameters();
   if (as_json) {
     json j = {{"architecture", c.architecture}, {"model_type", c.model_type},
-              {"parameters", n}, {"weight_bytes", m->weight_bytes()},
+              {"parameters", n}, {"weight_bytes", m.weight_bytes()},
               {"hidden_size", c.hidden_size}, {"num_hidden_layers", c.num_hidden_layers},
               {"num_attention_heads", c.num_attention_heads},
               {"num_key_value_heads", c.num_key_value_heads}, {"head_dim", c.head_dim},
@@ -207,8 +172,8 @@ void cmd_info(const ModelArgs& a, bool as_json) {
               c.rope_scaling.type.c_str(), c.rope_scaling.factor,
               (long long)c.max_position_embeddings);
   std::printf("embeddings        %s\n", c.tie_word_embeddings ? "tied" : "separate lm_head");
-  std::printf("weights in memory %s (matrices %s)\n", human_bytes(double(m->weight_bytes())).c_str(),
-              dtype_name(m->matrix_dtype()));
+  std::printf("weights in memory %s (matrices %s)\n", human_bytes(double(m.weight_bytes())).c_str(),
+              m.matrix_dtype_name().c_str());
   std::printf("memory by dtype   f32 %s, bf16 %s, f16 %s\n", human_bytes(n * 4.0).c_str(),
               human_bytes(n * 2.0).c_str(), human_bytes(n * 2.0).c_str());
   const double kv_per_tok = 2.0 * c.num_hidden_layers * c.kv_dim() * 4;
@@ -230,10 +195,9 @@ struct GenArgs {
 void cmd_generate(const GenArgs& a) {
   if (a.prompt.empty() == a.prompt_ids.empty())
     throw Error("give exactly one of --prompt TEXT or --prompt-ids 1,2,3");
-  auto m = load_model(a.m);
-  const ModelConfig& c = m->config();
-  std::unique_ptr<Tokenizer> tok;
-  tok = io::load_model_tokenizer(a.m.model);  // tokenizer.json, or the GGUF file's own
+  Model m = load_model(a.m);
+  const ModelConfig& c = m.config();
+  const std::optional<Tokenizer> tok = model_tokenizer(a.m.model);  // tokenizer.json, or the GGUF file's own
   std::vector<int32_t> prompt;
   if (!a.prompt.empty()) {
     if (!tok)
@@ -255,12 +219,13 @@ void cmd_generate(const GenArgs& a) {
                 std::to_string(c.max_position_embeddings) + " tokens");
   GenerationConfig g;
   g.max_new_tokens = a.max_new_tokens;
-  g.sampling.temperature = a.temperature;
-  g.sampling.top_k = a.top_k;
-  g.sampling.top_p = a.top_p;
-  g.sampling.min_p = a.min_p;
-  g.sampling.repetition_penalty = a.repetition_penalty;
-  g.sampling.seed = a.seed;
+  g.temperature = a.temperature;
+  g.top_k = a.top_k;
+  g.top_p = a.top_p;
+  g.min_p = a.min_p;
+  g.repetition_penalty = a.repetition_penalty;
+  g.seed = a.seed;
+  g.stop_at_eos = false;  // the stop ids are listed here
   if (!a.ignore_eos) {
     for (int64_t id : c.eos_token_ids) g.stop_ids.push_back(int32_t(id));
     if (tok)
@@ -271,28 +236,26 @@ void cmd_generate(const GenArgs& a) {
   if (!a.stop_ids.empty())
     for (int32_t id : parse_ids(a.stop_ids, "--stop-ids")) g.stop_ids.push_back(id);
 
-  Generator gen(*m, 1, context, 512);
-  std::unique_ptr<StreamDecoder> stream;
-  if (tok && !a.json_out) stream = std::make_unique<StreamDecoder>(*tok, true);
-  GenerationStats st;
-  auto ids = gen.generate({prompt}, g,
-                          [&](int64_t, int32_t t) {
-                            if (stream) {
-                              std::string s = stream->push(t);
-                              std::fwrite(s.data(), 1, s.size(), stdout);
-                              std::fflush(stdout);
-                            } else if (!a.json_out) {
-                              std::printf("%d ", t);
-                              std::fflush(stdout);
-                            }
-                            return true;
-                          },
-                          &st)[0];
+  Generator gen(m);  // without the tokenizer: the stream is decoded here, stop ids included
+  std::optional<StreamDecoder> stream;
+  if (tok && !a.json_out) stream.emplace(*tok, true);
+  const GenerationResult res = gen.generate(prompt, g, [&](int32_t t, std::string_view) {
+    if (stream) {
+      std::string s = stream->push(t);
+      std::fwrite(s.data(), 1, s.size(), stdout);
+      std::fflush(stdout);
+    } else if (!a.json_out) {
+      std::printf("%d ", t);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+  const std::vector<int32_t>& ids = res.tokens;
   if (a.json_out) {
     json j = {{"ids", ids},
               {"prompt_tokens", prompt.size()},
-              {"prefill_tok_s", st.prefill_tok_s()},
-              {"decode_tok_s", st.decode_tok_s()}};
+              {"prefill_tok_s", res.prefill_tok_s},
+              {"decode_tok_s", res.decode_tok_s}};
     j["text"] = tok ? json(tok->decode(ids, true)) : json(nullptr);
     std::cout << j.dump() << "\n";
     return;
@@ -304,12 +267,12 @@ void cmd_generate(const GenArgs& a) {
   std::printf("\n");
   std::fflush(stdout);
   std::fprintf(stderr, "[%zu prompt tokens, %zu generated; prefill %.1f tok/s, decode %.1f tok/s]\n",
-               prompt.size(), ids.size(), st.prefill_tok_s(), st.decode_tok_s());
+               prompt.size(), ids.size(), res.prefill_tok_s, res.decode_tok_s);
 }
 
-// Mean next-token cross-entropy over a token sequence. Sequences longer than the context are
-// scored with overlapping windows: each window scores only the tokens the previous one did not,
-// with up to (context - stride) tokens of left context.
+// Mean next-token cross-entropy over a token sequence (qwen::evaluate_perplexity). Sequences
+// longer than the context are scored with overlapping windows: each window scores only the tokens
+// the previous one did not, with up to (context - stride) tokens of left context.
 // --text FILE is tokenised with the model folder's tokenizer (special tokens as the tokenizer
 // adds them, as `qwen data prepare` does).
 void cmd_eval(const ModelArgs& a, const std::string& ids_file, const std::string& text_file,
@@ -325,113 +288,68 @@ void cmd_eval(const ModelArgs& a, const std::string& ids_file, const std::string
   if (!ids_file.empty()) {
     ids = parse_ids(ss.str(), ids_file);
   } else {
-    auto tk = io::load_model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
+    const std::optional<Tokenizer> tk = model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
     if (!tk)
       throw Error("--text needs tokenizer.json in '" + a.model + "' (or a GGUF file with a tokenizer); tokenise yourself and use --ids-file");
     set_num_threads(a.threads);
     ids = tk->encode(ss.str(), true);
   }
   if (ids.size() < 2) throw Error(src + ": needs at least 2 tokens to score");
-  auto m = load_model(a);
-  const ModelConfig& c = m->config();
-  const int64_t V = c.vocab_size;
+  Model m = load_model(a);
+  const int64_t V = m.config().vocab_size;
   for (int32_t id : ids)
     if (id >= V)
       throw Error(ids_file + ": token id " + std::to_string(id) + " is out of range for vocab_size " +
                   std::to_string(V));
-  const int64_t N = int64_t(ids.size());
-  const int64_t ctx = std::min<int64_t>(context_arg > 0 ? context_arg : c.max_position_embeddings, N);
-  const int64_t stride = stride_arg > 0 ? std::min(stride_arg, ctx) : std::max<int64_t>(1, ctx / 2);
-  const int64_t chunk = std::min<int64_t>(ctx, 256);
-  KvCache cache(c, 1, ctx);
-  Decoder dec(*m, chunk);
-  std::vector<float> logits(size_t(chunk * V));
-  double nll = 0;
-  int64_t scored = 0;      // tokens predicted so far: ids[1 .. scored]
   const bool progress_tty = isatty(STDERR_FILENO) != 0;
-  int64_t begin = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  while (scored < N - 1) {
-    const int64_t end = std::min(N, begin + ctx);  // window ids[begin, end)
-    cache.reset(0);
-    for (int64_t p = begin; p < end - 1; p += chunk) {
-      const int64_t n = std::min(chunk, end - 1 - p);
-      SeqChunk ch{0, n, ids.data() + p};
-      dec.forward(cache, &ch, 1, LogitsMode::kAll, logits.data());
-      for (int64_t t = 0; t < n; ++t) {
-        const int64_t target_pos = p + t + 1;
-        if (target_pos <= scored) continue;  // scored by an earlier window
-        const float* row = logits.data() + t * V;
-        float mx = row[0];
-        for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
-        double s = 0;
-        for (int64_t v = 0; v < V; ++v) s += std::exp(double(row[v] - mx));
-        nll += (std::log(s) + mx) - row[ids[size_t(target_pos)]];
-        scored = target_pos;
-      }
-    }
-    if (end == N) break;
-    begin += stride;
-    if (!as_json && progress_tty)  // a log file gets no carriage-return progress
-      std::fprintf(stderr, "\r  scored %lld / %lld tokens", (long long)scored, (long long)(N - 1));
-  }
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double loss = nll / double(N - 1);
+  PerplexityConfig pc;
+  pc.context = context_arg;
+  pc.stride = stride_arg;
+  if (!as_json && progress_tty)  // a log file gets no carriage-return progress
+    pc.on_progress = [](int64_t scored, int64_t total) {
+      std::fprintf(stderr, "\r  scored %lld / %lld tokens", (long long)scored, (long long)total);
+    };
+  const PerplexityResult r = evaluate_perplexity(m, ids, pc);
   if (as_json) {
-    std::cout << json{{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", N - 1}}.dump()
+    std::cout << json{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens}}.dump()
               << "\n";
   } else {
     if (progress_tty) std::fprintf(stderr, "\r");
     std::printf("loss %.6f nats/token, perplexity %.4f over %lld predicted tokens "
                 "(context %lld, stride %lld, %.1f tok/s)\n",
-                loss, std::exp(loss), (long long)(N - 1), (long long)ctx, (long long)stride,
-                (N - 1) / secs);
+                r.loss, r.perplexity, (long long)r.tokens, (long long)r.context, (long long)r.stride,
+                r.tokens / r.seconds);
   }
 }
 
 void cmd_bench(const ModelArgs& a, int64_t prompt_len, int64_t gen_len, int reps, bool as_json) {
-  auto m = load_model(a);
-  const ModelConfig& c = m->config();
+  Model m = load_model(a);
+  const ModelConfig& c = m.config();
   if (prompt_len < 1 || gen_len < 1) throw Error("--prompt-len and --gen-len must be >= 1");
   const int64_t ctx = prompt_len + gen_len;
   if (ctx > c.max_position_embeddings)
     throw Error("--prompt-len + --gen-len = " + std::to_string(ctx) +
                 " exceeds the model's context of " + std::to_string(c.max_position_embeddings));
-  Generator gen(*m, 1, ctx, prompt_len);
-  Rng rng(1234);
-  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
-  for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(c.vocab_size));
-  GenerationConfig g;
-  g.max_new_tokens = gen_len;
-  g.sampling.temperature = 0;
-  std::vector<double> pre, dec;
-  for (int r = 0; r < reps + 1; ++r) {  // first run warms caches and page-ins, not counted
-    GenerationStats st;
-    gen.generate({prompt}, g, nullptr, &st);
-    if (r == 0 && reps > 0) continue;
-    pre.push_back(st.prefill_tok_s());
-    dec.push_back(st.decode_tok_s());
-  }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  const double p = median(pre), d = median(dec);
-  const size_t rss = peak_rss_bytes();
+  BenchConfig bc;
+  bc.prompt_len = prompt_len;
+  bc.gen_len = gen_len;
+  bc.reps = reps;
+  const BenchResult b = benchmark(m, bc);
+  const double p = b.prefill_tok_s, d = b.decode_tok_s;
+  const size_t rss = peak_memory_bytes();
   // Matmul FLOPs per prompt token: 2 x the layer weights (embedding lookups are free), plus the
   // lm_head, which the prefill applies to the last token only.
   const double head = double(c.vocab_size * c.hidden_size);
   const double layer_params =
-      double(m->num_parameters()) - head * (c.tie_word_embeddings ? 1 : 2);
+      double(m.num_parameters()) - head * (c.tie_word_embeddings ? 1 : 2);
   const double flops_per_tok = 2.0 * layer_params + 2.0 * head / double(prompt_len);
   if (as_json) {
     std::cout << json{{"prefill_tok_s", p},
                       {"decode_tok_s", d},
                       {"peak_rss_bytes", rss},
-                      {"weight_bytes", m->weight_bytes()},
-                      {"kv_cache_bytes", gen.kv_cache_bytes()},
-                      {"workspace_bytes", gen.workspace_bytes()},
+                      {"weight_bytes", m.weight_bytes()},
+                      {"kv_cache_bytes", b.kv_cache_bytes},
+                      {"workspace_bytes", b.workspace_bytes},
                       {"threads", num_threads()},
                       {"prompt_len", prompt_len},
                       {"gen_len", gen_len}}
@@ -440,30 +358,26 @@ void cmd_bench(const ModelArgs& a, int64_t prompt_len, int64_t gen_len, int reps
     return;
   }
   std::printf("model      %s, %.2fM parameters, %s weights (%s)\n", c.architecture.c_str(),
-              m->num_parameters() / 1e6, dtype_name(m->matrix_dtype()),
-              human_bytes(double(m->weight_bytes())).c_str());
+              m.num_parameters() / 1e6, m.matrix_dtype_name().c_str(),
+              human_bytes(double(m.weight_bytes())).c_str());
   std::printf("threads    %d\n", num_threads());
   std::printf("prefill    %8.1f tok/s  (%lld tokens, ~%.1f GFLOP/s in matmuls)\n", p,
               (long long)prompt_len, p * flops_per_tok / 1e9);
   std::printf("decode     %8.1f tok/s  (%lld tokens, %.1f GB/s of weights)\n", d, (long long)gen_len,
-              d * double(m->weight_bytes()) / 1e9);
+              d * double(m.weight_bytes()) / 1e9);
   std::printf("peak RSS   %s (weights %s + kv cache %s + workspace %s)\n",
-              human_bytes(double(rss)).c_str(), human_bytes(double(m->weight_bytes())).c_str(),
-              human_bytes(double(gen.kv_cache_bytes())).c_str(),
-              human_bytes(double(gen.workspace_bytes())).c_str());
+              human_bytes(double(rss)).c_str(), human_bytes(double(m.weight_bytes())).c_str(),
+              human_bytes(double(b.kv_cache_bytes)).c_str(),
+              human_bytes(double(b.workspace_bytes)).c_str());
 }
 
 void cmd_forward(const ModelArgs& a, const std::string& ids_text, const std::string& out_path) {
-  auto m = load_model(a);
-  const ModelConfig& c = m->config();
+  Model m = load_model(a);
+  const ModelConfig& c = m.config();
   std::vector<int32_t> ids = parse_ids(ids_text, "--prompt-ids");
   if (ids.empty()) throw Error("--prompt-ids holds no ids");
   const int64_t T = int64_t(ids.size());
-  KvCache cache(c, 1, T);
-  Decoder dec(*m, T);
-  std::vector<float> logits(size_t(T * c.vocab_size));
-  SeqChunk ch{0, T, ids.data()};
-  dec.forward(cache, &ch, 1, LogitsMode::kAll, logits.data());
+  const std::vector<float> logits = m.forward(ids);  // (T, V)
   std::ofstream f(out_path, std::ios::binary);
   if (!f) throw Error("cannot write '" + out_path + "'");
   f.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * 4));
@@ -472,6 +386,13 @@ void cmd_forward(const ModelArgs& a, const std::string& ids_text, const std::str
 }
 
 }  // namespace
+
+WeightType parse_float_dtype(const std::string& s) {
+  if (s == "f32" || s == "float32") return WeightType::F32;
+  if (s == "bf16" || s == "bfloat16") return WeightType::BF16;
+  if (s == "f16" || s == "float16") return WeightType::F16;
+  throw Error("--dtype '" + s + "' is not one of f32, bf16, f16");
+}
 
 void add_model_commands(CLI::App& app) {
   {

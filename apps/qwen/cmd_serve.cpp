@@ -2,7 +2,8 @@
 // and a LoRA adapter with --adapter, attached unmerged),
 // starts the continuous-batching engine and the OpenAI-compatible HTTP server, and runs until
 // SIGINT/SIGTERM, then shuts down gracefully (503 for new requests, in-flight ones finish within
-// --shutdown-grace seconds, the rest are cancelled) and exits 0.
+// --shutdown-grace seconds, the rest are cancelled) and exits 0. Uses only the public API
+// (qwen::Engine and qwen::Server of qwen/engine.h).
 #include <signal.h>
 #include <unistd.h>
 
@@ -10,18 +11,16 @@
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <thread>
 
 #include "commands.h"
-#include "core/cpu.h"
-#include "io/gguf_tokenizer.h"
-#include "model/model.h"
+#include "qwen/engine.h"
 #include "qwen/error.h"
+#include "qwen/model.h"
+#include "qwen/runtime.h"
 #include "qwen/tokenizer.h"
-#include "serve/engine.h"
-#include "serve/http_server.h"
-#include "serve/paged_cache.h"
-#include "train/lora.h"
 
 namespace qwen::cli {
 
@@ -84,33 +83,18 @@ void cmd_serve(const ServeArgs& a) {
   signal(SIGPIPE, SIG_IGN);
   if (a.port < 0 || a.port > 65535) throw Error("--port must be in 0 .. 65535");
   set_num_threads(a.threads);
-  std::unique_ptr<Model> model;
-  if (a.dtype.empty()) {
-    model = Model::load(a.model);
-  } else {
-    DType dt;
-    if (a.dtype == "f32" || a.dtype == "float32") dt = DType::F32;
-    else if (a.dtype == "bf16" || a.dtype == "bfloat16") dt = DType::BF16;
-    else if (a.dtype == "f16" || a.dtype == "float16") dt = DType::F16;
-    else throw Error("--dtype '" + a.dtype + "' is not one of f32, bf16, f16");
-    model = Model::load(a.model, &dt);
-  }
+  Model model = a.dtype.empty() ? Model::load(a.model) : Model::load(a.model, parse_float_dtype(a.dtype));
   // A LoRA adapter runs unmerged; attached before the engine builds its decoder.
-  std::unique_ptr<train::LoraAdapter> adapter;
-  if (!a.adapter.empty()) {
-    adapter = train::LoraAdapter::load(a.adapter, model->config());
-    adapter->attach(*model);
-  }
-  std::unique_ptr<Tokenizer> tok;
-  tok = io::load_model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
+  if (!a.adapter.empty()) model.load_adapter(a.adapter);
+  const std::optional<Tokenizer> tok = model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
   if (tok) {
-    if (tok->vocab_size() > model->config().vocab_size)
+    if (tok->vocab_size() > model.config().vocab_size)
       throw Error("the tokenizer in '" + a.model + "' has " + std::to_string(tok->vocab_size()) +
                   " tokens but the model's vocab_size is " +
-                  std::to_string(model->config().vocab_size) + "; they do not belong together");
+                  std::to_string(model.config().vocab_size) + "; they do not belong together");
   }
 
-  serve::EngineConfig ec;
+  EngineConfig ec;
   ec.max_running = a.max_running;
   ec.max_queue = a.max_queue;
   ec.max_step_tokens = a.max_step_tokens;
@@ -119,38 +103,39 @@ void cmd_serve(const ServeArgs& a) {
   ec.max_model_len = a.max_model_len;
   ec.prefix_caching = !a.no_prefix_cache;
   ec.batch_invariant = !a.no_batch_invariance;
-  if (a.kv_tokens > 0) ec.n_blocks = int32_t((a.kv_tokens + a.block_size - 1) / a.block_size);
+  if (a.kv_tokens > 0) ec.kv_cache_tokens = a.kv_tokens;
   else if (!a.kv_mem.empty()) ec.kv_cache_bytes = parse_size(a.kv_mem);
 
-  serve::Engine engine(*model, tok.get(), ec);
-  serve::ServerOptions so;
+  std::unique_ptr<Engine> engine =
+      tok ? std::make_unique<Engine>(model, *tok, ec) : std::make_unique<Engine>(model, ec);
+  ServerConfig so;
   so.host = a.host;
   so.port = a.port;
   so.api_key = a.api_key;
-  so.n_threads = a.http_threads;
+  so.http_threads = a.http_threads;
   so.model_name = a.name;
   if (so.model_name.empty()) {
     fs::path p = fs::path(a.model);
     if (!p.has_filename()) p = p.parent_path();
     so.model_name = p.filename().string();
   }
-  serve::HttpServer server(engine, so);
+  Server server(*engine, so);
   const int port = server.bind();
-  engine.start();
+  engine->start();
 
-  const ModelConfig& c = model->config();
-  const auto& rc = engine.config();
+  const ModelConfig& c = model.config();
+  const EngineConfig rc = engine->config();
   std::printf("qwen serve: model '%s' (%s, %.1fM parameters, %s%s), tokenizer: %s\n",
-              so.model_name.c_str(), c.architecture.c_str(), model->num_parameters() / 1e6,
-              dtype_name(model->matrix_dtype()),
-              adapter ? (", LoRA adapter " + a.adapter + " r " + std::to_string(adapter->config().r)).c_str() : "",
+              so.model_name.c_str(), c.architecture.c_str(), model.num_parameters() / 1e6,
+              model.matrix_dtype_name().c_str(),
+              model.has_adapter() ? (", LoRA adapter " + a.adapter + " r " + std::to_string(model.adapter_info().config.rank)).c_str() : "",
               tok ? "yes" : "no (token-id prompts only)");
   std::printf("qwen serve: KV cache %d blocks of %d tokens (%.1f MiB), context %lld, "
               "max running %lld, queue %lld, step budget %lld tokens (prefill %lld while "
               "decoding)\n",
-              rc.n_blocks, rc.block_size,
-              double(serve::PagedKvCache::block_bytes(c, rc.block_size)) * rc.n_blocks / (1 << 20),
-              (long long)engine.max_model_len(), (long long)rc.max_running,
+              int(rc.kv_cache_tokens / rc.block_size), rc.block_size,
+              double(rc.kv_cache_bytes) / (1 << 20),
+              (long long)engine->max_model_len(), (long long)rc.max_running,
               (long long)rc.max_queue, (long long)rc.max_step_tokens,
               (long long)rc.prefill_per_step);
   std::printf("qwen serve: listening on http://%s:%d%s\n", a.host.c_str(), port,
@@ -172,7 +157,7 @@ void cmd_serve(const ServeArgs& a) {
   const int wake = 0;
   (void)!write(g_sig_pipe[1], &wake, sizeof wake);
   sig_thread.join();
-  engine.stop(false);
+  engine->stop(false);
   std::fprintf(stderr, "qwen serve: stopped\n");
 }
 

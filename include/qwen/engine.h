@@ -31,7 +31,12 @@ struct EngineConfig {
   int64_t max_running = 64;                  ///< sequences computed together
   int64_t max_queue = 256;                   ///< waiting requests before submit() refuses
   int64_t max_step_tokens = 512;             ///< tokens per step (prefill chunks + decodes)
+  /// While other requests decode, prompt tokens per step are at most max(this, decoding
+  /// requests): steadier inter-token latency, slower first tokens. 0 = only max_step_tokens.
+  int64_t prefill_per_step = 32;
   size_t kv_cache_bytes = size_t(512) << 20; ///< memory of the paged KV cache
+  /// Size the KV cache by tokens instead (rounded up to whole blocks); 0 = by kv_cache_bytes.
+  int64_t kv_cache_tokens = 0;
   int32_t block_size = 16;                   ///< tokens per KV block
   int64_t max_model_len = 0;                 ///< tokens per sequence; 0 = max_position_embeddings
   bool prefix_caching = true;                ///< reuse the KV blocks of shared prompt prefixes
@@ -104,6 +109,9 @@ class Engine {
   int64_t active_requests() const;
   /// Tokens per sequence at most (prompt + generated).
   int64_t max_model_len() const;
+  /// The capacity in effect, defaults resolved: kv_cache_tokens = the KV blocks x block_size,
+  /// kv_cache_bytes = their memory, max_model_len and max_step_tokens as the engine uses them.
+  EngineConfig config() const;
 
   /// Library-internal state; not part of the stable API.
   struct Impl;
@@ -120,6 +128,7 @@ struct ServerConfig {
   int port = 8080;                 ///< 0 = any free port (bind() returns it)
   std::string api_key;             ///< if set, /v1/* needs "Authorization: Bearer KEY"
   std::string model_name;          ///< the model id clients send and /v1/models lists
+  int http_threads = 0;            ///< HTTP worker threads; 0 = max_running + max_queue + 16
 };
 
 /// The OpenAI-compatible HTTP API (POST /v1/completions, /v1/chat/completions with streaming;

@@ -71,7 +71,8 @@ class Generator {
   Generator& operator=(Generator&&) noexcept;  ///< Moves the generator.
 
   /// Generates after the prompt ids. Throws qwen::Error on an empty prompt, an id outside the
-  /// vocabulary, prompt + max_new_tokens beyond max_position_embeddings, or bad settings.
+  /// vocabulary, prompt + max_new_tokens beyond max_position_embeddings (allowed with "dynamic"
+  /// rope scaling, which extends the context), or bad settings.
   GenerationResult generate(const std::vector<int32_t>& prompt, const GenerationConfig& config,
                             const StreamCallback& on_token = nullptr);
   /// Encodes the prompt with the tokenizer (special tokens per tokenizer_config.json), then as

@@ -26,6 +26,10 @@ struct LoraConfig {
   uint64_t seed = 0;      ///< initial A (Kaiming-uniform) and dropout masks; B starts at zero
 };
 
+/// Splits a comma-separated target list ("q,k,v" or "q_proj, v_proj") into LoraConfig::targets;
+/// blanks are ignored. The names are checked where the config is used (qwen::Error there).
+std::vector<std::string> parse_lora_targets(const std::string& s);
+
 }  // namespace qwen::api
 
 namespace qwen {

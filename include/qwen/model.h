@@ -19,6 +19,7 @@
 
 #include "qwen/config.h"
 #include "qwen/error.h"
+#include "qwen/lora.h"
 
 namespace qwen::api {
 
@@ -38,6 +39,16 @@ const char* weight_type_name(WeightType t);
 /// Parses "f32", "bf16", "f16", "nf4" or "q8_0" (case-insensitive); throws qwen::Error naming
 /// `what` (e.g. "--dtype") for anything else.
 WeightType parse_weight_type(const std::string& s, const std::string& what = "weight type");
+
+/// An attached LoRA adapter, as its adapter_config.json describes it.
+struct AdapterInfo {
+  /// rank, alpha, dropout, rslora and targets as adapter_config.json gives them; nf4_base and
+  /// seed are not stored in an adapter and keep their defaults.
+  LoraConfig config;
+  double scale = 0;         ///< s = alpha / rank (alpha / sqrt(rank) with rsLoRA), as applied
+  int64_t n_matrices = 0;   ///< adapted weight matrices (layers x targets)
+  int64_t n_parameters = 0; ///< elements of all A and B
+};
 
 /// A model's weights. Move-only; generators, trainers and engines built on a Model keep its
 /// weights alive on their own, so the Model object itself may go out of scope first.
@@ -70,6 +81,10 @@ class Model {
   size_t weight_bytes() const;
   /// The dtype of the layers' matrices.
   WeightType weight_type() const;
+  /// The storage type of the layers' matrices as the weight files name it: "F32", "BF16",
+  /// "F16", "NF4", "Q8_0", or a GGUF block format that WeightType::Other stands for ("Q4_0",
+  /// "Q4_1", "Q4_K", "Q6_K").
+  std::string matrix_dtype_name() const;
 
   /// Runs the whole sequence ids (T) from position 0 without a cache and returns the logits
   /// (T, vocab_size), row-major: row t scores the token after ids[0..t]. Throws qwen::Error on an
@@ -85,6 +100,8 @@ class Model {
   bool has_adapter() const;
   /// Parameters of the attached adapter (0 without one).
   int64_t adapter_parameters() const;
+  /// Rank, scale and size of the attached adapter. Throws qwen::Error when none is attached.
+  AdapterInfo adapter_info() const;
   /// A new model with the adapter merged into the weights (W' = W + s·B·A), in the base's float
   /// dtype (F32 for a quantised base); a plain Hugging Face model that save() writes.
   /// Throws qwen::Error when no adapter is attached.

@@ -16,6 +16,10 @@
 /// | qwen/lora.h | qwen::LoraConfig |
 /// | qwen/train_job.h | prepare_data, run_train_job (what `qwen train` runs) |
 /// | qwen/quantize.h | qwen::quantize (NF4, Q8_0) |
+/// | qwen/finetune.h | run_finetune, run_task_eval (what `qwen finetune` / `qwen sft-eval` run) |
+/// | qwen/eval.h | evaluate_perplexity, benchmark (what `qwen eval` / `qwen bench` report) |
+/// | qwen/chat.h | qwen::ChatSession (multi-turn ChatML chat with a kept KV cache) |
+/// | qwen/gguf.h | export_gguf (llama.cpp / Ollama files) |
 /// | qwen/engine.h | qwen::Engine, Request, Server (serving in-process) |
 /// | qwen/runtime.h | threads, peak memory |
 #pragma once
@@ -31,4 +35,8 @@
 #include "qwen/trainer.h"
 #include "qwen/train_job.h"
 #include "qwen/quantize.h"
+#include "qwen/finetune.h"
+#include "qwen/eval.h"
+#include "qwen/chat.h"
+#include "qwen/gguf.h"
 #include "qwen/engine.h"

@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -123,5 +124,16 @@ BpeTrainResult train_bpe(const std::vector<std::string>& texts, const BpeTrainOp
 /// Reads the files, trains, writes out_dir/tokenizer.json and out_dir/tokenizer_config.json.
 BpeTrainResult train_bpe_files(const std::vector<std::string>& files, const std::string& out_dir,
                                const BpeTrainOptions& opts);
+
+/// The tokenizer that belongs to a model path: for a "*.gguf" file the one its metadata
+/// describes (tokenizer.ggml.*, rebuilt to give llama.cpp's ids; none when tokenizer.ggml.model
+/// is absent, "none" or "no_vocab"), for a folder DIR/tokenizer.json (+ tokenizer_config.json)
+/// when present.
+/// std::nullopt when there is none; throws qwen::Error on a tokenizer that is there but invalid.
+std::optional<Tokenizer> model_tokenizer(const std::string& model_path);
+
+/// The chat template of a model path: tokenizer.chat_template of a GGUF file, or
+/// DIR/chat_template.jinja, or chat_template of DIR/tokenizer_config.json; "" when there is none.
+std::string model_chat_template(const std::string& model_path);
 
 }  // namespace qwen

@@ -16,19 +16,28 @@
 #include "core/rng.h"
 #include "generate/generator.h"
 #include "generate/sampler.h"
+#include "io/gguf_model.h"
+#include "io/gguf_tokenizer.h"
 #include "io/quantized_folder.h"
 #include "model/decoder.h"
 #include "model/model.h"
 #include "serve/engine.h"
 #include "serve/http_server.h"
+#include "serve/paged_cache.h"
 #include "train/data.h"
+#include "train/finetune.h"
 #include "train/lora.h"
 #include "train/optim.h"
+#include "train/sft_data.h"
 #include "train/train_model.h"
 #include "train/trainer.h"
 // Public headers last.
+#include "qwen/chat.h"
 #include "qwen/engine.h"
+#include "qwen/eval.h"
+#include "qwen/finetune.h"
 #include "qwen/generator.h"
+#include "qwen/gguf.h"
 #include "qwen/model.h"
 #include "qwen/quantize.h"
 #include "qwen/runtime.h"
@@ -53,5 +62,10 @@ WeightType from_dtype(DType t);
 
 // Sampling settings of a GenerationConfig (after range checks; throws qwen::Error).
 SamplingParams sampling_params(const GenerationConfig& g);
+
+// A TrainJob as the training loop's options (lr_schedule parsed: throws qwen::Error), and the
+// loop's result as the public one (train_job.cpp).
+train::TrainOptions train_options(const TrainJob& job);
+TrainJobResult train_job_result(const train::TrainResult& r);
 
 }  // namespace qwen::api

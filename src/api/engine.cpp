@@ -40,8 +40,11 @@ serve::EngineConfig engine_config(const EngineConfig& c) {
   e.max_running = c.max_running;
   e.max_queue = c.max_queue;
   e.max_step_tokens = c.max_step_tokens;
+  e.prefill_per_step = c.prefill_per_step;
   e.kv_cache_bytes = c.kv_cache_bytes;
   e.block_size = c.block_size;
+  if (c.kv_cache_tokens > 0 && c.block_size > 0)  // (a bad block_size is refused by the engine)
+    e.n_blocks = int32_t((c.kv_cache_tokens + c.block_size - 1) / c.block_size);
   e.max_model_len = c.max_model_len;
   e.prefix_caching = c.prefix_caching;
   e.batch_invariant = c.batch_invariant;
@@ -92,6 +95,23 @@ void Engine::stop(bool drain, std::chrono::milliseconds timeout) { impl_->engine
 int64_t Engine::active_requests() const { return impl_->engine->n_active(); }
 int64_t Engine::max_model_len() const { return impl_->engine->max_model_len(); }
 
+EngineConfig Engine::config() const {
+  const serve::EngineConfig& e = impl_->engine->config();
+  EngineConfig c;
+  c.max_running = e.max_running;
+  c.max_queue = e.max_queue;
+  c.max_step_tokens = e.max_step_tokens;
+  c.prefill_per_step = e.prefill_per_step;
+  c.kv_cache_tokens = int64_t(e.n_blocks) * e.block_size;
+  c.kv_cache_bytes = serve::PagedKvCache::block_bytes(impl_->model->m->config(), e.block_size) *
+                     size_t(e.n_blocks);
+  c.block_size = e.block_size;
+  c.max_model_len = impl_->engine->max_model_len();
+  c.prefix_caching = e.prefix_caching;
+  c.batch_invariant = e.batch_invariant;
+  return c;
+}
+
 Request Engine::submit(const std::vector<int32_t>& prompt, const GenerationConfig& config) {
   Impl& s = *impl_;
   if (!config.stop.empty() && !s.has_tok)
@@ -128,6 +148,7 @@ Server::Server(Engine& engine, const ServerConfig& config) : impl_(std::make_uni
   o.port = config.port;
   o.api_key = config.api_key;
   o.model_name = config.model_name;
+  o.n_threads = config.http_threads;
   impl_->server = std::make_unique<serve::HttpServer>(*engine.impl().engine, o);
 }
 

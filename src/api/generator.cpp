@@ -82,7 +82,8 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
     if (st.empty()) throw Error("GenerationConfig: a stop string is empty");
 
   const int64_t need = int64_t(prompt.size()) + config.max_new_tokens;
-  if (need > mc.max_position_embeddings)
+  const bool dynamic_rope = mc.rope_scaling.type == "dynamic";  // extends beyond the context
+  if (need > mc.max_position_embeddings && !dynamic_rope)
     throw Error("prompt of " + std::to_string(prompt.size()) + " tokens plus max_new_tokens " +
                 std::to_string(config.max_new_tokens) + " exceeds max_position_embeddings " +
                 std::to_string(mc.max_position_embeddings) + "; shorten one of them");

@@ -96,6 +96,7 @@ const ModelConfig& Model::config() const { return core(*this).config(); }
 int64_t Model::num_parameters() const { return core(*this).num_parameters(); }
 size_t Model::weight_bytes() const { return core(*this).weight_bytes(); }
 WeightType Model::weight_type() const { return from_dtype(core(*this).matrix_dtype()); }
+std::string Model::matrix_dtype_name() const { return dtype_name(core(*this).matrix_dtype()); }
 
 std::vector<float> Model::forward(const std::vector<int32_t>& ids) const {
   const qwen::Model& m = core(*this);
@@ -127,6 +128,24 @@ void Model::load_adapter(const std::string& adapter_dir) {
 bool Model::has_adapter() const { return impl_ && impl_->adapter; }
 
 int64_t Model::adapter_parameters() const { return has_adapter() ? impl_->adapter->n_params() : 0; }
+
+AdapterInfo Model::adapter_info() const {
+  if (!has_adapter()) throw Error("Model::adapter_info: no adapter is attached (load_adapter first)");
+  const train::LoraAdapter& a = *impl_->adapter;
+  const train::LoraConfig& c = a.config();
+  AdapterInfo info;
+  info.config.rank = c.r;
+  info.config.alpha = c.alpha;
+  info.config.dropout = c.dropout;
+  info.config.rslora = c.rslora;
+  info.config.targets = c.targets;
+  info.scale = double(c.scale());
+  info.n_matrices = int64_t(a.modules().size());
+  info.n_parameters = a.n_params();
+  return info;
+}
+
+std::vector<std::string> parse_lora_targets(const std::string& s) { return train::parse_lora_targets(s); }
 
 Model Model::merged() const {
   if (!has_adapter()) throw Error("Model::merged: no adapter is attached (load_adapter first)");

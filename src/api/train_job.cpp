@@ -22,7 +22,7 @@ DataSummary prepare_data(const DataPrepareConfig& c) {
   return s;
 }
 
-TrainJobResult run_train_job(const TrainJob& job, const std::set<std::string>& given) {
+train::TrainOptions train_options(const TrainJob& job) {
   train::TrainOptions o;
   o.config = job.config;
   o.init_from = job.init_from;
@@ -55,7 +55,10 @@ TrainJobResult run_train_job(const TrainJob& job, const std::set<std::string>& g
   o.resume = job.resume;
   o.sequential = job.sequential;
   o.quiet = job.quiet;
-  const train::TrainResult r = train::run_training(o, given);
+  return o;
+}
+
+TrainJobResult train_job_result(const train::TrainResult& r) {
   TrainJobResult out;
   out.first_step = r.first_step;
   out.last_step = r.last_step;
@@ -65,6 +68,10 @@ TrainJobResult run_train_job(const TrainJob& job, const std::set<std::string>& g
   out.interrupted = r.interrupted;
   out.peak_memory_bytes = r.peak_rss_bytes;
   return out;
+}
+
+TrainJobResult run_train_job(const TrainJob& job, const std::set<std::string>& given) {
+  return train_job_result(train::run_training(train_options(job), given));
 }
 
 }  // namespace qwen::api

@@ -14,9 +14,10 @@ namespace qwen {
 //   Q4_0  32 values: f16 d, 16 B nibbles               (18 B)  x = d·(q − 8)     (GGUF)
 //   Q4_1  32 values: f16 d, f16 m, 16 B nibbles        (20 B)  x = d·q + m       (GGUF)
 //   Q4_K  256 values, 144 B; Q6_K 256 values, 210 B                             (GGUF k-quants)
-//   NF4   64 values: f32 absmax, 32 B of 4-bit codes   (36 B)  x = absmax·NF4[q] (bitsandbytes
-//         code table and nibble order; the in-memory form of a QLoRA base weight, absmax already
-//         dequantised from double quantisation)
+//   NF4   64 values: 32 B of 4-bit codes + an 8-bit absmax code (33 B)  x = absmax·NF4[q]
+//         (bitsandbytes' code table, nibble order and double quantisation; not N independent
+//         rows: a matrix has a header and per-256-block nested absmax, see ops/nf4.h, so address
+//         it with ops::dequantize_rows / quant_matrix_bytes, not row pointers)
 enum class DType : uint8_t {
   F32 = 0, F16 = 1, BF16 = 2, I32 = 3, I64 = 4, U8 = 5,
   Q8_0 = 16, Q4_0 = 17, Q4_1 = 18, Q4_K = 19, Q6_K = 20, NF4 = 21,
@@ -44,7 +45,7 @@ inline size_t dtype_block_bytes(DType t) {
     case DType::Q4_1: return 20;
     case DType::Q4_K: return 144;
     case DType::Q6_K: return 210;
-    case DType::NF4: return 36;
+    case DType::NF4: return 33;
   }
   return 0;
 }

@@ -1,6 +1,5 @@
 // generate/sampler.cpp — see sampler.h. Order of the filters follows transformers' generate:
-// penalties, temperature, top-k, top-p, min-p. Buffers are sized once (no allocation per token
-// beyond the first call).
+// penalties, temperature, top-k, top-p, min-p. Buffers are sized once (no allocation per token).
 #include "generate/sampler.h"
 
 #include <algorithm>
@@ -11,7 +10,10 @@
 namespace qwen {
 
 Sampler::Sampler(int64_t vocab_size)
-    : V_(vocab_size), seen_(size_t(vocab_size), 0), counts_(size_t(vocab_size), 0) {
+    : V_(vocab_size),
+      probs_(size_t(vocab_size), 0.0f),
+      seen_(size_t(vocab_size), 0),
+      counts_(size_t(vocab_size), 0) {
   cand_.reserve(size_t(vocab_size));
 }
 
@@ -46,29 +48,52 @@ void Sampler::filter(const float* logits, const SamplingParams& p) {
   auto by_prob = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
-  // Top-k keeps the k largest logits (sorted); otherwise all ids, unsorted: sorting 150k
-  // entries per token would cost more than the forward pass of a small model.
-  cand_.clear();
-  for (int64_t i = 0; i < V_; ++i) cand_.emplace_back(logits[i], int32_t(i));
-  bool sorted = false;
-  if (p.top_k > 0 && size_t(p.top_k) < cand_.size()) {
-    std::partial_sort(cand_.begin(), cand_.begin() + p.top_k, cand_.end(), by_prob);
-    cand_.resize(size_t(p.top_k));
-    sorted = true;
-  }
-  // Softmax at temperature T over the candidates.
-  float mx = cand_[0].first;
-  for (const auto& c : cand_) mx = std::max(mx, c.first);
   const float inv_t = 1.0f / p.temperature;
-  double sum = 0;
-  for (auto& c : cand_) {
-    c.first = std::exp((c.first - mx) * inv_t);
-    sum += c.first;
-  }
+  dense_ = false;
+  cand_.clear();
+  bool sorted = false;
   float pmax = 0;
-  for (auto& c : cand_) {
-    c.first = float(c.first / sum);
-    pmax = std::max(pmax, c.first);
+  if (p.top_k > 0 && p.top_k < V_) {
+    // Top-k: select the k largest logits (by_prob is a strict total order, so the set and its
+    // order equal a partial sort's), then softmax at temperature T over them.
+    for (int64_t i = 0; i < V_; ++i) cand_.emplace_back(logits[i], int32_t(i));
+    std::nth_element(cand_.begin(), cand_.begin() + (p.top_k - 1), cand_.end(), by_prob);
+    cand_.resize(size_t(p.top_k));
+    std::sort(cand_.begin(), cand_.end(), by_prob);
+    sorted = true;
+    const float mx = cand_[0].first;
+    double sum = 0;
+    for (auto& c : cand_) {
+      c.first = std::exp((c.first - mx) * inv_t);
+      sum += c.first;
+    }
+    for (auto& c : cand_) {
+      c.first = float(c.first / sum);
+      pmax = std::max(pmax, c.first);
+    }
+  } else {
+    // Softmax at temperature T over the whole vocabulary, in id order.
+    float mx = logits[0];
+    for (int64_t i = 1; i < V_; ++i) mx = std::max(mx, logits[i]);
+    float* pr = probs_.data();
+    double sum = 0;
+    for (int64_t i = 0; i < V_; ++i) {
+      pr[i] = std::exp((logits[i] - mx) * inv_t);
+      sum += pr[i];
+    }
+    if (p.min_p <= 0.0f && p.top_p >= 1.0f) {  // no filter: draw from these directly
+      dense_ = true;
+      total_ = sum;
+      return;
+    }
+    // The candidates, skipping those min-p would drop anyway (its floor is min_p * p_max and
+    // the largest probability is exp(0) / sum).
+    pmax = float(1.0 / sum);
+    const float floor_p = p.min_p > 0.0f ? p.min_p * pmax : 0.0f;
+    for (int64_t i = 0; i < V_; ++i) {
+      const float q = float(pr[i] / sum);
+      if (q >= floor_p) cand_.emplace_back(q, int32_t(i));
+    }
   }
   // Min-p keeps tokens with p >= min_p * p_max. Top-p and min-p each keep a prefix of the
   // sorted order and min-p's rule is invariant under renormalisation, so applying min-p first
@@ -116,6 +141,18 @@ int32_t Sampler::sample(float* logits, const SamplingParams& p, Rng& rng,
   }
   filter(logits, p);
   const double u = rng.uniform();
+  if (dense_) {
+    const double target = u * total_;
+    double cum = 0;
+    int64_t last = 0;
+    for (int64_t i = 0; i < V_; ++i) {
+      if (probs_[size_t(i)] <= 0.0f) continue;
+      cum += probs_[size_t(i)];
+      last = i;
+      if (target < cum) return int32_t(i);
+    }
+    return int32_t(last);
+  }
   double cum = 0;
   for (const auto& c : cand_) {
     cum += c.first;
@@ -137,6 +174,10 @@ void Sampler::probabilities(float* logits, const SamplingParams& p, const int32_
     return;
   }
   filter(logits, p);
+  if (dense_) {
+    for (int64_t i = 0; i < V_; ++i) (*probs)[size_t(i)] = float(probs_[size_t(i)] / total_);
+    return;
+  }
   for (const auto& c : cand_) (*probs)[size_t(c.second)] = c.first;
 }
 

@@ -1,7 +1,10 @@
 // generate/sampler.h — turns a row of logits into the next token: repetition / presence /
 // frequency penalties, temperature, top-k, top-p (nucleus), min-p, then a draw from the
 // per-sequence seeded generator. Temperature 0 is greedy. probabilities() exposes the exact
-// distribution the draw uses, for tests.
+// distribution the draw uses, for tests. No filter sorts the vocabulary: top-k selects
+// (nth_element) and sorts only its k, top-p sorts a growing most-likely prefix, and with no
+// filter the draw walks the probabilities in id order; buffers are sized once, so a call does
+// not allocate.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -36,10 +39,15 @@ class Sampler {
  private:
   void apply_penalties(float* logits, const SamplingParams& p, const int32_t* history,
                        int64_t n_history, const int32_t* generated, int64_t n_generated);
-  // Leaves the kept candidates (id, prob) in cand_, probabilities renormalised.
+  // Without top-k, top-p and min-p (dense_): leaves the unnormalised probabilities of every id
+  // in probs_ (id order) and their sum in total_. Otherwise leaves the kept candidates (prob, id)
+  // in cand_, probabilities renormalised.
   void filter(const float* logits, const SamplingParams& p);
 
   int64_t V_;
+  bool dense_ = false;
+  std::vector<float> probs_;
+  double total_ = 0;
   std::vector<std::pair<float, int32_t>> cand_;
   std::vector<uint32_t> seen_;  // per-id counter stamp for penalties
   std::vector<int32_t> counts_;

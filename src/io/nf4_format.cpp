@@ -220,24 +220,40 @@ void bnb_dequantize_nf4(const Nf4Tensor& t, float* out) {
   }
 }
 
-void bnb_to_nf4_blocks(const Nf4Tensor& t, void* dst) {
+std::vector<uint8_t> bnb_to_nf4_matrix(const Nf4Tensor& t) {
   if (t.blocksize != ops::kNf4Block || t.shape.size() != 2 || t.shape[1] % ops::kNf4Block != 0)
     throw Error("NF4 tensor of shape " + std::to_string(t.shape.size() == 2 ? t.shape[0] : -1) +
                 "x" + std::to_string(t.shape.size() == 2 ? t.shape[1] : -1) + " with blocksize " +
                 std::to_string(t.blocksize) +
-                " cannot be held as in-memory NF4 blocks (needs 2-D, blocksize 64, columns a "
+                " cannot be held as an in-memory NF4 matrix (needs 2-D, blocksize 64, columns a "
                 "multiple of 64)");
   for (int i = 0; i < 16; ++i)
     if (t.quant_map[size_t(i)] != ops::kNf4Code[i])
       throw Error("NF4 tensor's quant_map differs from bitsandbytes' NF4 table at entry " +
                   std::to_string(i) + "; only nf4 is supported");
-  const std::vector<float> am = bnb_block_absmax(t);
-  auto* out = static_cast<uint8_t*>(dst);
-  for (int64_t b = 0; b < t.n_blocks(); ++b) {
-    uint8_t* blk = out + b * int64_t(ops::kNf4BlockBytes);
-    std::memcpy(blk, &am[size_t(b)], 4);
-    std::memcpy(blk + 4, t.packed.data() + b * 32, 32);
+  const int64_t N = t.shape[0], K = t.shape[1], nb = t.n_blocks();
+  const float* own_map = nullptr;
+  if (t.double_quant) {
+    if (t.nested_quant_map.size() != 256 || t.absmax_codes.size() != size_t(nb) ||
+        t.nested_absmax.size() != size_t((nb + t.nested_blocksize - 1) / t.nested_blocksize))
+      throw Error("NF4 tensor's double-quantisation arrays have the wrong sizes");
+    const auto& dm = bnb_dynamic_map();
+    if (std::memcmp(t.nested_quant_map.data(), dm.data(), 256 * 4) != 0) own_map = t.nested_quant_map.data();
+  } else if (t.absmax.size() != size_t(nb)) {
+    throw Error("NF4 tensor has " + std::to_string(t.absmax.size()) + " absmax values for " +
+                std::to_string(nb) + " blocks");
   }
+  std::vector<uint8_t> m(ops::nf4_matrix_bytes(N, K, t.double_quant, own_map != nullptr));
+  const ops::Nf4View v = ops::nf4_matrix_init(m.data(), N, K, t.double_quant, t.nested_offset,
+                                              int32_t(t.nested_blocksize), own_map);
+  std::memcpy(const_cast<uint8_t*>(v.codes), t.packed.data(), size_t(N * K / 2));
+  if (t.double_quant) {
+    std::memcpy(const_cast<uint8_t*>(v.absmax_codes), t.absmax_codes.data(), size_t(nb));
+    std::memcpy(const_cast<float*>(v.nested), t.nested_absmax.data(), t.nested_absmax.size() * 4);
+  } else {
+    std::memcpy(const_cast<float*>(v.absmax_f32), t.absmax.data(), size_t(nb) * 4);
+  }
+  return m;
 }
 
 std::string bnb_quant_state_json(const Nf4Tensor& t) {

@@ -3,8 +3,8 @@
 // high nibble, a partial last block and an odd count padded with code 7), double quantisation of
 // the absmax values (offset = their mean, then 8-bit blockwise quantisation with the signed
 // dynamic map in blocks of 256), and the packed safetensors form transformers writes for a 4-bit
-// model (formats.md §5). bnb_to_nf4_blocks turns it into the in-memory DType::NF4 blocks the
-// kernels of ops/nf4.h read.
+// model (formats.md §5). bnb_to_nf4_matrix turns it into the in-memory DType::NF4 matrix the
+// kernels of ops/nf4.h read (the same codes and double-quantised absmax, ~4.13 bits/weight).
 //
 // Bit-exactness notes (checked against pip bitsandbytes 0.50 on CPU by tests/test_quant_nf4.cpp):
 // - the 4-bit codes come from bitsandbytes' Python default backend (torch.bucketize on code
@@ -61,9 +61,10 @@ float torch_mean_f32(const float* x, int64_t n);
 std::vector<float> bnb_block_absmax(const Nf4Tensor& t);
 // dequantize_4bit: numel values in f32.
 void bnb_dequantize_nf4(const Nf4Tensor& t, float* out);
-// The in-memory DType::NF4 blocks of a 2-D tensor (rows, cols) with cols % 64 == 0 and
-// blocksize 64: rows·cols/64 blocks of 36 bytes. Throws qwen::Error otherwise.
-void bnb_to_nf4_blocks(const Nf4Tensor& t, void* dst);
+// The in-memory DType::NF4 matrix (ops/nf4.h) of a 2-D tensor (rows, cols) with cols % 64 == 0
+// and blocksize 64: packed codes, absmax codes, nested absmax and offset as they are (f32 absmax
+// without double quantisation). Throws qwen::Error otherwise.
+std::vector<uint8_t> bnb_to_nf4_matrix(const Nf4Tensor& t);
 
 // The JSON text stored in `<prefix>.weight.quant_state.bitsandbytes__nf4` (json.dumps of the
 // non-tensor fields in QuantState.as_dict order), and its parser (fills shape, blocksize, dtype,

@@ -140,10 +140,10 @@ class Loader {
       q.absmax.assign(static_cast<const float*>(am.data), static_cast<const float*>(am.data) + nb);
     }
     if (q.blocksize == ops::kNf4Block && cols % ops::kNf4Block == 0) {
-      void* p = own_->alloc(size_t(nb) * ops::kNf4BlockBytes);
-      bnb_to_nf4_blocks(q, p);
+      // Kept double-quantised as the file holds it (~4.13 bits/weight; f32 absmax without).
+      own_->bufs.push_back(bnb_to_nf4_matrix(q));
       *dt = DType::NF4;
-      return p;
+      return own_->bufs.back().data();
     }
     // Blocks that straddle rows: keep the dequantised values.
     auto* p = static_cast<float*>(own_->alloc(size_t(q.numel) * 4));

@@ -4,8 +4,9 @@
 //    `P.weight.quant_map`, with double quantisation `P.weight.nested_absmax` and
 //    `P.weight.nested_quant_map`, and `P.weight.quant_state.bitsandbytes__nf4` (JSON); config.json
 //    has quantization_config {"quant_method": "bitsandbytes", "load_in_4bit": true, ...}.
-//    Embeddings, norms and lm_head stay unquantised. Loaded into DType::NF4 blocks
-//    (ops/nf4.h); a weight whose row length is not a multiple of 64 is dequantised to F32.
+//    Embeddings, norms and lm_head stay unquantised. Loaded into DType::NF4 matrices
+//    (ops/nf4.h) that keep the double-quantised absmax (~4.13 bits/weight); a weight whose row
+//    length is not a multiple of 64 is dequantised to F32.
 //  - Q8_0, our own layout (docs/quantization.md): every matrix `P.weight` whose row length is a
 //    multiple of 32 (the layers' projections, lm_head and the embedding) is a U8 tensor of shape
 //    (rows, row_len/32·34) holding GGUF Q8_0 blocks row by row; config.json has

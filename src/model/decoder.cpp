@@ -153,8 +153,7 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
   if (mhc) ops::mhc_expand(x, M, md.n, C, X);
   auto site_in = [&](const MhcSiteWeights& w) {
     if (!mhc) return;
-    ops::mhc_coefficients_forward(md, ops::MhcParams<float>{w.phi, w.bias, w.alpha}, X, M, co);
-    ops::mhc_pre_aggregate(md, X, co.h_pre, M, x);
+    ops::mhc_site_in(md, ops::MhcParams<float>{w.phi, w.bias, w.alpha}, X, M, co, x);
   };
   auto site_out = [&]() {
     if (mhc)

@@ -96,6 +96,19 @@ void scores_portable(const float* Qs, int64_t M, int64_t D, const float* Kt, flo
   }
 }
 
+void scores_direct_portable(const float* Qs, int64_t M, int64_t D, const float* k, int64_t k_stride,
+                            int64_t nk, float* S) {
+  for (int64_t r = 0; r < M; ++r) {
+    float* s = S + r * kAttnBk;
+    for (int64_t j = 0; j < nk; ++j) {
+      float a = 0.0f;
+      for (int64_t d = 0; d < D; ++d) a += Qs[r * D + d] * k[j * k_stride + d];
+      s[j] = a;
+    }
+    for (int64_t j = nk; j < kAttnBk; ++j) s[j] = 0.0f;
+  }
+}
+
 void softmax_update_portable(float* S, int64_t M, const int32_t* n_valid, float* m, float* l,
                              float* acc, int64_t D) {
   detail::online_softmax_rows_portable(S, kAttnBk, M, n_valid, m, l, acc, D);
@@ -118,7 +131,7 @@ void pv_portable(const float* P, int64_t M, int64_t nk, const float* v, int64_t 
 namespace detail {
 const AttnKernels& attn_kernels_portable() {
   static const AttnKernels k{transpose_k_portable, scores_portable, softmax_update_portable,
-                             pv_portable};
+                             pv_portable, scores_direct_portable};
   return k;
 }
 }  // namespace detail
@@ -138,14 +151,22 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
   const int64_t n_qt = (T + Bq - 1) / Bq;
   const float qscale = s.scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x·log2 e)
 
-  // Split the key range of each (g, query tile) only when there are fewer of those than threads
-  // (decode with few kv heads): then each split keeps its own (m, l, acc) and they are merged.
+  // Split the key range of each (g, query tile) when the items do not share out evenly over the
+  // threads (decode with few kv heads: 1 kv head on 2 threads, or SmolLM2's 3 on 2): then each
+  // split keeps its own (m, l, acc) and they are merged. n_split minimises the busiest thread's
+  // share, ceil(n_base·s / threads) / s items of a whole (g, tile) (3 heads on 2 threads: 2 for
+  // s = 1, 1.5 for s = 2); a split needs at least two key tiles.
   const int64_t n_base = KV * n_qt;
   const int64_t n_key_tiles_max = (pos0 + T + kAttnBk - 1) / kAttnBk;
   int64_t n_split = 1;
-  if (n_base < n_threads)
-    n_split = std::max<int64_t>(
-        1, std::min<int64_t>((n_threads + n_base - 1) / n_base, n_key_tiles_max / 2));
+  if (n_base % n_threads != 0 && n_base < 4 * int64_t(n_threads)) {
+    int64_t best_c = (n_base + n_threads - 1) / n_threads;  // busiest share for s = 1, over s
+    const int64_t s_max = std::min<int64_t>(n_key_tiles_max / 2, 2 * int64_t(n_threads));
+    for (int64_t sp = 2; sp <= s_max; ++sp) {
+      const int64_t c = (n_base * sp + n_threads - 1) / n_threads;
+      if (c * n_split < best_c * sp) best_c = c, n_split = sp;  // c / sp < best_c / n_split
+    }
+  }
   const int64_t n_items = n_base * n_split;
 
   // Split partials: (item, M, D) accumulators and (item, M) m, l; only when n_split > 1. They
@@ -199,8 +220,12 @@ void detail::flash_attention_with(const AttnKernels& kern, const float* q, const
         const int64_t k0 = kt * kAttnBk;
         const int64_t nk = std::min(kAttnBk, p_hi + 1 - k0);  // keys past p_hi are masked for all
         const int64_t off = k0 * kv_stride + g * D;
-        kern.transpose_k(k + off, kv_stride, nk, D, Kt);
-        kern.scores(Qs, M, D, Kt, S);
+        if (M <= detail::kDirectScoreRows) {
+          kern.scores_direct(Qs, M, D, k + off, kv_stride, nk, S);
+        } else {
+          kern.transpose_k(k + off, kv_stride, nk, D, Kt);
+          kern.scores(Qs, M, D, Kt, S);
+        }
         for (int64_t r = 0; r < M; ++r) {
           const int64_t pos = p_lo + r / G;
           n_valid[r] = int32_t(std::clamp<int64_t>(pos - k0 + 1, 0, nk));

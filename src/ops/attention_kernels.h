@@ -29,7 +29,16 @@ struct AttnKernels {
   // acc (M, D) += P (M, nk; row stride kAttnBk) · V (nk rows at v + j*v_stride, D floats each)
   void (*pv)(const float* P, int64_t M, int64_t nk, const float* v, int64_t v_stride, int64_t D,
              float* acc);
+  // S (M, kAttnBk) = Qs (M, D) · Kᵀ straight from the nk key rows (row j at k + j*k_stride),
+  // columns nk .. kAttnBk-1 zero; for M <= kDirectScoreRows (decode), where transposing a key
+  // tile would cost as much as the scores themselves.
+  void (*scores_direct)(const float* Qs, int64_t M, int64_t D, const float* k, int64_t k_stride,
+                        int64_t nk, float* S);
 };
+
+// Query rows up to which the driver uses scores_direct instead of transpose_k + scores: one
+// token's query heads of a kv head (G = 3 in SmolLM2 and the 124.7M shape).
+constexpr int64_t kDirectScoreRows = 4;
 
 const AttnKernels& attn_kernels_portable();
 const AttnKernels& attn_kernels_avx2();    // only call when cpu_features().avx2

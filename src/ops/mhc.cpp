@@ -118,6 +118,30 @@ void mhc_logits(int64_t n, int64_t K, T r, const T* proj, const MhcParams<T>& p,
   for (int64_t k = 0; k < K; ++k) z[k] = r * (p.alpha[group_of(k, n)] * proj[k]) + p.bias[k];
 }
 
+// mHC gates of tokens [t0, t0 + count), count <= 8, from out.r and out.proj: z, h_pre, h_post and
+// H_res (one Sinkhorn per token, or the AVX2 one with a token per lane).
+template <class T>
+void mhc_gates_group(const MhcDims& d, const MhcParams<T>& p, const MhcCoefs<T>& out, int64_t t0,
+                     int64_t count, bool vec) {
+  const int64_t n = d.n, K = d.K(), nn = n * n;
+  T zres[8 * kMhcMaxStreams * kMhcMaxStreams];
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t t = t0 + l;
+    T z[kMhcMaxStreams * kMhcMaxStreams + 2 * kMhcMaxStreams];
+    mhc_logits(n, K, out.r[t * n], out.proj + t * K, p, z);
+    for (int64_t i = 0; i < n; ++i) {
+      out.h_pre[t * n + i] = sigmoid(z[i]);
+      out.h_post[t * n + i] = T(2) * sigmoid(z[n + i]);
+    }
+    if (vec)
+      std::copy(z + 2 * n, z + K, zres + l * nn);
+    else
+      sinkhorn_forward(z + 2 * n, out.h_res + t * nn, n, d.iters);
+  }
+  if constexpr (std::is_same_v<T, float>)
+    if (vec) detail::mhc_sinkhorn8_forward_avx2(zres, out.h_res + t0 * nn, int(count), n, d.iters);
+}
+
 template <class T>
 void coefficients_forward_impl(const MhcDims& d, const MhcParams<T>& p, const T* X, int64_t n_tok,
                                const MhcCoefs<T>& out, bool simd) {
@@ -141,28 +165,12 @@ void coefficients_forward_impl(const MhcDims& d, const MhcParams<T>& p, const T*
       for (int64_t j = 0; j < n; ++j) out.r[t * n + j] = r;
     }
     // Groups of 8 tokens: the AVX2 Sinkhorn runs one token per lane.
-    const int64_t nn = n * n, n_groups = (n_tok + 7) / 8;
+    const int64_t n_groups = (n_tok + 7) / 8;
     const bool vec = use_avx2<T>(simd);
     const bool par = n_tok > 8 && n_tok * K * d.iters >= (int64_t(1) << 14);
     for_each_index(n_groups, par, [&](int64_t gi) {
-      const int64_t t0 = gi * 8, count = std::min<int64_t>(8, n_tok - t0);
-      T zres[8 * kMhcMaxStreams * kMhcMaxStreams];
-      for (int64_t l = 0; l < count; ++l) {
-        const int64_t t = t0 + l;
-        T z[kMhcMaxStreams * kMhcMaxStreams + 2 * kMhcMaxStreams];
-        mhc_logits(n, K, out.r[t * n], out.proj + t * K, p, z);
-        for (int64_t i = 0; i < n; ++i) {
-          out.h_pre[t * n + i] = sigmoid(z[i]);
-          out.h_post[t * n + i] = T(2) * sigmoid(z[n + i]);
-        }
-        if (vec)
-          std::copy(z + 2 * n, z + K, zres + l * nn);
-        else
-          sinkhorn_forward(z + 2 * n, out.h_res + t * nn, n, d.iters);
-      }
-      if constexpr (std::is_same_v<T, float>)
-        if (vec)
-          detail::mhc_sinkhorn8_forward_avx2(zres, out.h_res + t0 * nn, int(count), n, d.iters);
+      const int64_t t0 = gi * 8;
+      mhc_gates_group(d, p, out, t0, std::min<int64_t>(8, n_tok - t0), vec);
     });
   } else {
     const T inv_cols = T(1) / T(d.C);
@@ -220,6 +228,60 @@ void post_merge_impl(const MhcDims& d, const T* X, const T* h_res, const T* h_po
       }
     }
   }
+}
+
+// mHC, AVX2, more than 4 tokens: one site's input side per group of 8 tokens while the group's
+// streams (8·n·C floats) stay in cache: [the previous site's post merge into X_out,] Σx² and the
+// projection, the gates and Sinkhorn, and u = Σ h_pre·X. The same kernels on the same tokens as
+// the separate calls, so the values are bit for bit theirs. Xs is the site's input (X_out when
+// merging: then Xprev, prev and F are the previous site's input, coefficients and sub-layer output).
+void fused_site_in(const MhcDims& d, const MhcParams<float>& p, const float* Xs, int64_t n_tok,
+                   const MhcCoefs<float>& out, float* u, const float* Xprev,
+                   const MhcCoefs<float>* prev, const float* F, float* X_out) {
+  const int64_t n = d.n, C = d.C, nc = n * C, K = d.K(), nn = n * n, n_groups = (n_tok + 7) / 8;
+  const float inv_cols = 1.0f / float(nc);
+  const bool par = n_tok > 8 && n_tok * K * nc >= kParallelMinWork;
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t gi = 0; gi < n_groups; ++gi) {
+    const int64_t t0 = gi * 8, count = std::min<int64_t>(8, n_tok - t0);
+    if (prev)
+      detail::mhc_post_merge_avx2(Xprev + t0 * nc, prev->h_res + t0 * nn, prev->h_post + t0 * n,
+                                  F + t0 * C, count, n, C, X_out + t0 * nc);
+    const float* Xg = Xs + t0 * nc;
+    float sq[8];
+    detail::mhc_project_sumsq_avx2(Xg, count, nc, p.phi, K, out.proj + t0 * K, sq);
+    for (int64_t l = 0; l < count; ++l) {
+      const float r = 1.0f / std::sqrt(sq[l] * inv_cols + float(d.eps));
+      for (int64_t j = 0; j < n; ++j) out.r[(t0 + l) * n + j] = r;
+    }
+    mhc_gates_group(d, p, out, t0, count, true);
+    detail::mhc_pre_aggregate_avx2(Xg, out.h_pre + t0 * n, count, n, C, u + t0 * C);
+  }
+}
+
+template <class T>
+void site_in_impl(const MhcDims& d, const MhcParams<T>& p, const T* X, int64_t n_tok,
+                  const MhcCoefs<T>& out, T* u) {
+  d.validate("mhc_site_in");
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2<T>(true) && d.mode == HcMode::Mhc && n_tok > 4)
+      return fused_site_in(d, p, X, n_tok, out, u, nullptr, nullptr, nullptr, nullptr);
+  }
+  coefficients_forward_impl(d, p, X, n_tok, out, true);
+  pre_aggregate_impl(d, X, out.h_pre, n_tok, u, true);
+}
+
+template <class T>
+void site_merge_in_impl(const MhcDims& d, const T* X, const MhcCoefs<T>& prev, const T* F,
+                        int64_t n_tok, T* X_out, const MhcParams<T>& p_next,
+                        const MhcCoefs<T>& next, T* u) {
+  d.validate("mhc_site_merge_in");
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2<T>(true) && d.mode == HcMode::Mhc && n_tok > 4)
+      return fused_site_in(d, p_next, X_out, n_tok, next, u, X, &prev, F, X_out);
+  }
+  post_merge_impl(d, X, prev.h_res, prev.h_post, F, n_tok, X_out, true);
+  site_in_impl(d, p_next, X_out, n_tok, next, u);
 }
 
 template <class T>
@@ -722,6 +784,17 @@ void mhc_post_merge(const MhcDims& d, const T* X, const T* h_res, const T* h_pos
   post_merge_impl(d, X, h_res, h_post, F, n_tok, X_out, true);
 }
 template <class T>
+void mhc_site_in(const MhcDims& d, const MhcParams<T>& p, const T* X, int64_t n_tok,
+                 const MhcCoefs<T>& out, T* u) {
+  site_in_impl(d, p, X, n_tok, out, u);
+}
+template <class T>
+void mhc_site_merge_in(const MhcDims& d, const T* X, const MhcCoefs<T>& prev, const T* F,
+                       int64_t n_tok, T* X_out, const MhcParams<T>& p_next,
+                       const MhcCoefs<T>& next, T* u) {
+  site_merge_in_impl(d, X, prev, F, n_tok, X_out, p_next, next, u);
+}
+template <class T>
 void mhc_pre_aggregate_backward(const MhcDims& d, const T* X, const T* h_pre, const T* g_u,
                                 int64_t n_tok, T* g_X, T* g_h_pre) {
   pre_aggregate_backward_impl(d, X, h_pre, g_u, n_tok, g_X, g_h_pre, true);
@@ -775,6 +848,10 @@ void mhc_collapse(const T* X, int64_t n_tok, int64_t n, int64_t C, T* y, bool ac
   template void mhc_pre_aggregate<T>(const MhcDims&, const T*, const T*, int64_t, T*);             \
   template void mhc_post_merge<T>(const MhcDims&, const T*, const T*, const T*, const T*, int64_t, \
                                   T*);                                                             \
+  template void mhc_site_in<T>(const MhcDims&, const MhcParams<T>&, const T*, int64_t,            \
+                               const MhcCoefs<T>&, T*);                                            \
+  template void mhc_site_merge_in<T>(const MhcDims&, const T*, const MhcCoefs<T>&, const T*,       \
+                                     int64_t, T*, const MhcParams<T>&, const MhcCoefs<T>&, T*);    \
   template void mhc_pre_aggregate_backward<T>(const MhcDims&, const T*, const T*, const T*,        \
                                               int64_t, T*, T*);                                    \
   template void mhc_post_merge_backward<T>(const MhcDims&, const T*, const T*, const T*, const T*, \

@@ -104,6 +104,24 @@ template <class T>
 void mhc_post_merge(const MhcDims& d, const T* X, const T* h_res, const T* h_post, const T* F,
                     int64_t n_tok, T* X_out);
 
+// One site's input side in one call: mhc_coefficients_forward then u (T, C) = Σ_j h_pre·X[j]
+// (mhc_pre_aggregate). The AVX2 mHC path (more than 4 tokens) does both per group of 8 tokens
+// while the group's streams are in cache (one read of X instead of two); the values are bit for
+// bit those of the two calls.
+template <class T>
+void mhc_site_in(const MhcDims& d, const MhcParams<T>& p, const T* X, int64_t n_tok,
+                 const MhcCoefs<T>& out, T* u);
+
+// The post merge of one site followed by the next site's input side (training: the attention
+// site's merge and the MLP site's coefficients): X_out = H_res·X + h_post ⊗ F with the coefficients
+// `prev`, then mhc_site_in(d, p_next, X_out, n_tok, next, u). X_out may be X. The AVX2 mHC path
+// does it per group of 8 tokens (the merged streams are projected while in cache); the values
+// are bit for bit those of mhc_post_merge + mhc_site_in.
+template <class T>
+void mhc_site_merge_in(const MhcDims& d, const T* X, const MhcCoefs<T>& prev, const T* F,
+                       int64_t n_tok, T* X_out, const MhcParams<T>& p_next,
+                       const MhcCoefs<T>& next, T* u);
+
 // ---- Backward (all outputs +=) -----------------------------------------------------------------
 
 // From g_u (T, C): g_X[j] += h_pre[j]·g_u ; g_h_pre[j] += <g_u, X[j]>.

@@ -1,5 +1,6 @@
-// ops/nf4.cpp — NF4 blocks (see nf4.h): code table, per-block quantisation, scalar references,
-// runtime dispatch to the AVX2 kernels (nf4_avx2.cpp), and DType::NF4's kernel table.
+// ops/nf4.cpp — NF4 matrices (see nf4.h): code table, the matrix header and its views, absmax
+// dequantisation, scalar references, runtime dispatch to the AVX2 kernels (nf4_avx2.cpp), and
+// DType::NF4's kernel table.
 #include "ops/nf4.h"
 
 #include <omp.h>
@@ -7,13 +8,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/cpu.h"
 #include "core/dtype.h"
+#include "io/nf4_format.h"
 #include "ops/matmul.h"
 #include "ops/q8_0.h"
 #include "ops/quant.h"
+#include "qwen/error.h"
 
 namespace qwen::ops {
 
@@ -37,11 +41,7 @@ struct Bounds {
 };
 const Bounds kBounds;
 
-inline float block_absmax(const uint8_t* blk) {
-  float a;
-  std::memcpy(&a, blk, 4);
-  return a;
-}
+constexpr size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
 }  // namespace
 
@@ -52,54 +52,152 @@ uint8_t nf4_nearest_code(float v) {
   return c;
 }
 
-void nf4_quantize(const float* src, void* dst, int64_t n) {
-  auto* out = static_cast<uint8_t*>(dst);
-  for (int64_t b = 0; b < n / kNf4Block; ++b) {
-    const float* x = src + b * kNf4Block;
-    uint8_t* blk = out + b * int64_t(kNf4BlockBytes);
-    float amax = 0.0f;
-    for (int i = 0; i < kNf4Block; ++i) amax = std::max(amax, std::fabs(x[i]));
-    std::memcpy(blk, &amax, 4);
-    // As bitsandbytes: x · (1 / max(absmax, 1e-38)), clamped to [-1, 1].
-    const float inv = 1.0f / std::max(amax, 1e-38f);
-    for (int j = 0; j < kNf4Block / 2; ++j) {
-      const float v0 = std::clamp(x[2 * j] * inv, -1.0f, 1.0f);
-      const float v1 = std::clamp(x[2 * j + 1] * inv, -1.0f, 1.0f);
-      blk[4 + j] = uint8_t(nf4_nearest_code(v0) << 4 | nf4_nearest_code(v1));
-    }
+// ---- the matrix ----
+
+namespace {
+
+struct Layout {
+  size_t absmax_off, nested_off, map_off, total;
+};
+
+Layout layout(int64_t N, int64_t K, bool dq, bool own_map, int64_t nested_bs) {
+  const int64_t nb = N * K / kNf4Block;
+  Layout l{};
+  l.absmax_off = sizeof(Nf4Header) + align64(size_t(N * K / 2));
+  const size_t absmax_bytes = dq ? size_t(nb) : size_t(nb) * 4;
+  l.nested_off = l.absmax_off + align64(absmax_bytes);
+  const size_t nested_bytes = dq ? size_t((nb + nested_bs - 1) / nested_bs) * 4 : 0;
+  l.map_off = l.nested_off + align64(nested_bytes);
+  l.total = l.map_off + (dq && own_map ? 256 * 4 : 0);
+  return l;
+}
+
+}  // namespace
+
+size_t nf4_matrix_bytes(int64_t N, int64_t K, bool double_quant, bool own_map) {
+  return layout(N, K, double_quant, own_map, kNf4NestedBlock).total;
+}
+
+Nf4View nf4_matrix_init(void* dst, int64_t N, int64_t K, bool double_quant, float offset,
+                        int32_t nested_blocksize, const float* own_map) {
+  const Layout l = layout(N, K, double_quant, own_map != nullptr, nested_blocksize);
+  auto* base = static_cast<uint8_t*>(dst);
+  std::memset(base, 0, l.total);
+  Nf4Header h{};
+  std::memcpy(h.magic, "NF4M", 4);
+  h.flags = (double_quant ? kNf4DoubleQuant : 0) | (double_quant && own_map ? kNf4OwnMap : 0);
+  h.rows = N;
+  h.cols = K;
+  h.offset = offset;
+  h.nested_blocksize = nested_blocksize;
+  h.absmax_off = l.absmax_off;
+  h.nested_off = l.nested_off;
+  h.map_off = l.map_off;
+  h.total_bytes = l.total;
+  std::memcpy(base, &h, sizeof(h));
+  if (double_quant && own_map) std::memcpy(base + l.map_off, own_map, 256 * 4);
+  return nf4_view(dst);
+}
+
+Nf4View nf4_view(const void* W) {
+  const auto* base = static_cast<const uint8_t*>(W);
+  if (!W || std::memcmp(base, "NF4M", 4) != 0)
+    throw Error("NF4 weights must be addressed as a whole matrix (no NF4 header at this address); "
+                "use ops::dequantize_rows / matvec on the matrix pointer");
+  Nf4View v;
+  v.h = reinterpret_cast<const Nf4Header*>(base);
+  v.codes = base + sizeof(Nf4Header);
+  if (v.h->flags & kNf4DoubleQuant) {
+    v.absmax_codes = base + v.h->absmax_off;
+    v.nested = reinterpret_cast<const float*>(base + v.h->nested_off);
+    v.map = (v.h->flags & kNf4OwnMap) ? reinterpret_cast<const float*>(base + v.h->map_off)
+                                      : io::bnb_dynamic_map().data();
+  } else {
+    v.absmax_f32 = reinterpret_cast<const float*>(base + v.h->absmax_off);
+  }
+  return v;
+}
+
+size_t nf4_total_bytes(const void* W) { return nf4_view(W).h->total_bytes; }
+
+void nf4_block_absmax(const Nf4View& v, int64_t b0, int64_t n, float* out) {
+  if (v.absmax_f32) {
+    std::memcpy(out, v.absmax_f32 + b0, size_t(n) * 4);
+    return;
+  }
+  // Baseline x86-64 (this file is built without FMA): f32 multiply, then add, as bitsandbytes.
+  const int64_t nbs = v.h->nested_blocksize;
+  const float off = v.h->offset;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = b0 + i;
+    out[i] = v.map[v.absmax_codes[b]] * v.nested[b / nbs] + off;
   }
 }
 
-void nf4_dequantize_ref(const void* src, float* dst, int64_t n) {
-  const auto* in = static_cast<const uint8_t*>(src);
-  for (int64_t b = 0; b < n / kNf4Block; ++b) {
-    const uint8_t* blk = in + b * int64_t(kNf4BlockBytes);
-    const float a = block_absmax(blk);
-    float* o = dst + b * kNf4Block;
-    for (int j = 0; j < kNf4Block / 2; ++j) {
-      o[2 * j] = kNf4Code[blk[4 + j] >> 4] * a;
-      o[2 * j + 1] = kNf4Code[blk[4 + j] & 15] * a;
+std::vector<uint8_t> nf4_quantize_matrix(const float* src, int64_t N, int64_t K, bool double_quant) {
+  if (K % kNf4Block != 0)
+    throw Error("NF4 quantisation: row length " + std::to_string(K) +
+                " is not a multiple of 64 (keep such a matrix unquantised)");
+  return io::bnb_to_nf4_matrix(io::bnb_quantize_nf4(src, {N, K}, double_quant));
+}
+
+// ---- dequantise ----
+
+namespace {
+
+// Blocks [b0, b0 + nb) of the matrix -> dst (nb·64), through the absmax in chunks.
+void dequant_blocks(const Nf4View& v, int64_t b0, int64_t nb, float* dst, bool fast) {
+  constexpr int64_t kChunk = 256;
+  float am[kChunk];
+  for (int64_t c = 0; c < nb; c += kChunk) {
+    const int64_t n = std::min(kChunk, nb - c);
+    nf4_block_absmax(v, b0 + c, n, am);
+    const uint8_t* codes = v.codes + (b0 + c) * (kNf4Block / 2);
+    float* o = dst + c * kNf4Block;
+    if (fast) {
+      detail::nf4_dequantize_blocks_avx2(codes, am, o, n);
+      continue;
     }
+    for (int64_t b = 0; b < n; ++b)
+      for (int j = 0; j < kNf4Block / 2; ++j) {
+        const uint8_t byte = codes[b * 32 + j];
+        o[b * kNf4Block + 2 * j] = kNf4Code[byte >> 4] * am[b];
+        o[b * kNf4Block + 2 * j + 1] = kNf4Code[byte & 15] * am[b];
+      }
   }
 }
 
-void nf4_dequantize(const void* src, float* dst, int64_t n) {
-  if (cpu_features().avx2) return detail::nf4_dequantize_avx2(src, dst, n);
-  nf4_dequantize_ref(src, dst, n);
+}  // namespace
+
+void nf4_dequantize_ref(const void* W, float* dst, int64_t n) {
+  dequant_blocks(nf4_view(W), 0, n / kNf4Block, dst, false);
 }
+
+void nf4_dequantize(const void* W, float* dst, int64_t n) {
+  dequant_blocks(nf4_view(W), 0, n / kNf4Block, dst, cpu_features().avx2);
+}
+
+void nf4_dequantize_rows(const void* W, int64_t row0, int64_t n_rows, int64_t K, float* dst) {
+  const int64_t nb = K / kNf4Block;
+  dequant_blocks(nf4_view(W), row0 * nb, n_rows * nb, dst, cpu_features().avx2);
+}
+
+// ---- matvec / matmul ----
 
 void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
-  const auto* w = static_cast<const uint8_t*>(W);
+  const Nf4View v = nf4_view(W);
   const int64_t nb = K / kNf4Block;
+  std::vector<float> am(static_cast<size_t>(nb));
   for (int64_t n = 0; n < N; ++n) {
+    nf4_block_absmax(v, n * nb, nb, am.data());
     float s = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = w + (n * nb + b) * int64_t(kNf4BlockBytes);
+      const uint8_t* c = v.codes + (n * nb + b) * 32;
       const float* xb = x + b * kNf4Block;
       float t = 0.0f;
       for (int j = 0; j < kNf4Block / 2; ++j)
-        t += kNf4Code[blk[4 + j] >> 4] * xb[2 * j] + kNf4Code[blk[4 + j] & 15] * xb[2 * j + 1];
-      s += block_absmax(blk) * t;
+        t += kNf4Code[c[j] >> 4] * xb[2 * j] + kNf4Code[c[j] & 15] * xb[2 * j + 1];
+      s += am[size_t(b)] * t;
     }
     y[n] = acc ? y[n] + s : s;
   }
@@ -107,22 +205,32 @@ void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t 
 
 void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
   if (!cpu_features().avx2) return nf4_matvec_ref(W, x, y, N, K, acc);
+  const Nf4View v = nf4_view(W);
   thread_local std::vector<float> xp;
   if (xp.size() < size_t(K)) xp.resize(size_t(K));
   detail::nf4_permute_x(x, xp.data(), K);
   const float* xpp = xp.data();
-  const int64_t n_chunks = (N + 7) / 8;
-#pragma omp parallel for schedule(static) if (N * K >= kParMin)
-  for (int64_t c = 0; c < n_chunks; ++c)
-    detail::nf4_matvec_rows_avx2(W, xpp, y, c * 8, std::min(N, c * 8 + 8), K, acc);
+  // One parallel region; each thread takes one contiguous range of rows (rows of 4 when possible).
+  if (N * K < kParMin || num_threads() <= 1) {
+    detail::nf4_matvec_rows_avx2(v, xpp, y, 0, N, K, acc);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t units = (N + 3) / 4;
+    const int64_t n0 = std::min(N, units * t / nt * 4), n1 = std::min(N, units * (t + 1) / nt * 4);
+    if (n1 > n0) detail::nf4_matvec_rows_avx2(v, xpp, y, n0, n1, K, acc);
+  }
 }
 
 void nf4_matmul_ref(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
                     bool acc) {
-  const size_t row_bytes = size_t(K / kNf4Block) * kNf4BlockBytes;
+  const Nf4View v = nf4_view(W);
   std::vector<float> w(size_t(K), 0.0f);
+  const int64_t nb = K / kNf4Block;
   for (int64_t n = 0; n < N; ++n) {
-    nf4_dequantize_ref(static_cast<const uint8_t*>(W) + size_t(n) * row_bytes, w.data(), K);
+    dequant_blocks(v, n * nb, nb, w.data(), false);
     for (int64_t m = 0; m < M; ++m) {
       float s = 0.0f;
       for (int64_t k = 0; k < K; ++k) s += X[m * K + k] * w[size_t(k)];
@@ -131,22 +239,15 @@ void nf4_matmul_ref(const float* X, const void* W, float* Y, int64_t M, int64_t 
   }
 }
 
-static void nf4_dequant_rows(const void* W, int64_t row0, int64_t n_rows, int64_t K, float* dst) {
-  const size_t row_bytes = size_t(K / kNf4Block) * kNf4BlockBytes;
-  nf4_dequantize(static_cast<const uint8_t*>(W) + size_t(row0) * row_bytes, dst, n_rows * K);
-}
-
 void nf4_matmul(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc) {
   if (M == 1) return nf4_matvec(W, X, Y, N, K, acc);
-  matmul_dequant_panels(X, W, DType::NF4, nf4_dequant_rows, Y, M, N, K, acc);
+  matmul_dequant_panels(X, W, DType::NF4, nf4_dequantize_rows, Y, M, N, K, acc);
 }
 
 void nf4_matmul_input_backward_ref(const float* dY, const void* W, float* dX, int64_t M, int64_t N,
                                    int64_t K, bool accumulate) {
-  const size_t row_bytes = size_t(K / kNf4Block) * kNf4BlockBytes;
   std::vector<float> w(size_t(N * K));
-  for (int64_t n = 0; n < N; ++n)
-    nf4_dequantize_ref(static_cast<const uint8_t*>(W) + size_t(n) * row_bytes, w.data() + n * K, K);
+  nf4_dequantize_ref(W, w.data(), N * K);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) {
       float s = 0.0f;
@@ -174,7 +275,7 @@ void nf4_matmul_input_backward(const float* dY, const void* W, float* dX, int64_
 #pragma omp parallel for schedule(static) if (rows * K >= kParMin)
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t r0 = c * 8, r1 = std::min(rows, r0 + 8);
-      nf4_dequant_rows(W, n0 + r0, r1 - r0, K, p + r0 * K);
+      nf4_dequantize_rows(W, n0 + r0, r1 - r0, K, p + r0 * K);
     }
     const float beta = (accumulate || n0 > 0) ? 1.0f : 0.0f;
     gemm_f32(false, false, M, K, rows, 1.0f, dY + n0, N, p, K, beta, dX, K);
@@ -183,14 +284,22 @@ void nf4_matmul_input_backward(const float* dY, const void* W, float* dX, int64_
 
 namespace detail {
 
+static void nf4_quantize_whole(const float* src, void* dst, int64_t N, int64_t K) {
+  const std::vector<uint8_t> m = nf4_quantize_matrix(src, N, K, true);
+  std::memcpy(dst, m.data(), m.size());
+}
+
 static const QuantKernels kNf4Kernels = [] {
   QuantKernels k;
   k.dequantize = nf4_dequantize;
-  k.quantize = nf4_quantize;
+  k.quantize = nullptr;  // an NF4 matrix is quantised whole (quantize_matrix), not row by row
   k.matvec = nf4_matvec;
   k.matvec_ref = nf4_matvec_ref;
   k.matmul = nf4_matmul;
   k.matmul_ref = nf4_matmul_ref;
+  k.dequantize_rows = nf4_dequantize_rows;
+  k.quantize_matrix = nf4_quantize_whole;
+  k.matrix_bytes = [](int64_t N, int64_t K) { return nf4_matrix_bytes(N, K, true); };
   return k;
 }();
 

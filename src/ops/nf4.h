@@ -1,19 +1,32 @@
-// ops/nf4.h — NF4 weights in memory (DType::NF4, the frozen base weight of QLoRA): blocks of 64
-// values, each 36 bytes = f32 absmax, then 32 bytes of 4-bit codes in bitsandbytes' order
-// (byte j: element 2j in the high nibble, element 2j+1 in the low nibble); x = absmax·NF4[code].
-// The absmax is already the dequantised one when the file used double quantisation
-// (io/nf4_format.h turns bitsandbytes' serialised form into these blocks).
-// Kernels: dequantise, matrix-vector (decode), matrix-matrix (prefill / training forward) and the
-// input gradient of an NF4 linear for the QLoRA backward. Every fast path (AVX2) keeps its
-// scalar reference here; the DType::NF4 table of ops/quant.h points to them.
+// ops/nf4.h — NF4 weights in memory (DType::NF4, a QLoRA base weight or a 4-bit folder's
+// projections), kept in bitsandbytes' double-quantised form so that they cost ~4.13 bits per
+// weight: one buffer per (N, K) matrix (K a multiple of 64), whose address is what a Linear holds:
+//
+//   Nf4Header (64 B)
+//   codes         N·K/2 bytes, row-major, bitsandbytes' packed order (byte j: element 2j in the
+//                 high nibble, element 2j+1 in the low nibble); x = absmax·NF4[code]
+//   absmax        one per 64-value block (N·K/64 of them, row-major): with double quantisation an
+//                 8-bit code, absmax = map[code]·nested_absmax[block/256] + offset (bitsandbytes'
+//                 arithmetic, f32 multiply then add); without it (--no-double-quant) an f32
+//   nested_absmax f32 per 256 blocks (double quantisation only)
+//   map           256 f32, only when the folder's nested_quant_map is not bitsandbytes' dynamic
+//                 map (otherwise the built-in copy, io::bnb_dynamic_map, is used)
+//
+// So 33 bytes per 64 weights + 4 per 16384 (4.127 bits/weight), 36 without double quantisation.
+// Rows are addressed through the matrix (nf4_view / dequantize_rows), never by pointer arithmetic
+// on row bytes. Kernels: dequantise, matrix-vector (decode), matrix-matrix (prefill / training
+// forward) and the input gradient of an NF4 linear for the QLoRA backward. Every fast path (AVX2)
+// keeps its scalar reference here; the DType::NF4 table of ops/quant.h points to them.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace qwen::ops {
 
-inline constexpr int64_t kNf4Block = 64;       // values per block
-inline constexpr size_t kNf4BlockBytes = 36;   // f32 absmax + 32 code bytes
+inline constexpr int64_t kNf4Block = 64;      // values per block
+inline constexpr size_t kNf4BlockBytes = 33;  // 32 code bytes + 1 absmax code (double quant)
+inline constexpr int64_t kNf4NestedBlock = 256;
 
 // bitsandbytes' NF4 code table (get_4bit_type("nf4")), index = 4-bit code.
 extern const float kNf4Code[16];
@@ -22,14 +35,55 @@ extern const float kNf4Code[16];
 // on the midpoints of adjacent codes does in bitsandbytes' quantize_4bit).
 uint8_t nf4_nearest_code(float v);
 
-// n values (a multiple of 64) -> n/64 blocks with absmax = max|x| per block, codes as
-// bitsandbytes' quantize_4bit picks them. (Whole-tensor quantisation with partial blocks and
-// double quantisation, bit-exact with bitsandbytes, lives in io/nf4_format.h.)
-void nf4_quantize(const float* src, void* dst, int64_t n);
-void nf4_dequantize(const void* src, float* dst, int64_t n);      // fast path
-void nf4_dequantize_ref(const void* src, float* dst, int64_t n);  // scalar
+struct Nf4Header {
+  char magic[4];              // "NF4M"
+  uint32_t flags;             // kNf4DoubleQuant | kNf4OwnMap
+  int64_t rows, cols;
+  float offset;               // double quant: the mean subtracted before quantising the absmax
+  int32_t nested_blocksize;   // double quant: 256
+  uint64_t absmax_off, nested_off, map_off, total_bytes;  // byte offsets from the header
+};
+static_assert(sizeof(Nf4Header) == 64, "Nf4Header is 64 bytes");
+inline constexpr uint32_t kNf4DoubleQuant = 1, kNf4OwnMap = 2;
 
-// y (N) (+)= W (N, K) · x (K), W row-major NF4 (K a multiple of 64).
+// Pointers into one NF4 matrix.
+struct Nf4View {
+  const Nf4Header* h = nullptr;
+  const uint8_t* codes = nullptr;         // (N, K/2)
+  const uint8_t* absmax_codes = nullptr;  // (N·K/64) double quant, else null
+  const float* absmax_f32 = nullptr;      // (N·K/64) plain, else null
+  const float* nested = nullptr;          // (ceil(N·K/64 / nested_blocksize))
+  const float* map = nullptr;             // (256) the nested quant map
+  int64_t rows() const { return h->rows; }
+  int64_t cols() const { return h->cols; }
+};
+
+// Bytes of an (N, K) NF4 matrix.
+size_t nf4_matrix_bytes(int64_t N, int64_t K, bool double_quant, bool own_map = false);
+// Writes the header of an (N, K) matrix into dst (nf4_matrix_bytes of it) and returns a view
+// whose arrays the caller fills (cast away const).
+Nf4View nf4_matrix_init(void* dst, int64_t N, int64_t K, bool double_quant, float offset,
+                        int32_t nested_blocksize, const float* own_map);
+// The view of a matrix; throws qwen::Error if W does not start with an NF4 header (e.g. a
+// pointer into the middle of one: address rows through the matrix).
+Nf4View nf4_view(const void* W);
+size_t nf4_total_bytes(const void* W);
+// The f32 absmax of blocks [b0, b0 + n) of the matrix (bit-identical to bitsandbytes'
+// dequantize_4bit: map[code]·nested + offset, no fused multiply-add).
+void nf4_block_absmax(const Nf4View& v, int64_t b0, int64_t n, float* out);
+
+// bitsandbytes' quantize_4bit of a row-major (N, K) f32 matrix (K a multiple of 64) with
+// compress_statistics = double_quant, as an in-memory matrix (codes, absmax, double quantisation
+// bit-identical to io::bnb_quantize_nf4).
+std::vector<uint8_t> nf4_quantize_matrix(const float* src, int64_t N, int64_t K, bool double_quant = true);
+
+// dst (n) = the first n values of the matrix (n a multiple of 64; all of it: rows·cols).
+void nf4_dequantize(const void* W, float* dst, int64_t n);      // fast path
+void nf4_dequantize_ref(const void* W, float* dst, int64_t n);  // scalar
+// dst (n_rows, K) = rows row0 .. row0 + n_rows of the (N, K) matrix.
+void nf4_dequantize_rows(const void* W, int64_t row0, int64_t n_rows, int64_t K, float* dst);
+
+// y (N) (+)= W (N, K) · x (K), W an NF4 matrix.
 void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 // Y (M, N) (+)= X (M, K) · Wᵀ.
@@ -45,10 +99,13 @@ void nf4_matmul_input_backward_ref(const float* dY, const void* W, float* dX, in
 
 namespace detail {
 // The AVX2 kernels (nf4_avx2.cpp); callers check cpu_features().avx2.
-void nf4_dequantize_avx2(const void* src, float* dst, int64_t n);
+// dst (n_blocks·64) from codes (n_blocks·32 bytes) and the blocks' f32 absmax.
+void nf4_dequantize_blocks_avx2(const uint8_t* codes, const float* absmax, float* dst,
+                                int64_t n_blocks);
 // xp: x permuted per block as nf4_permute_x lays it out (K floats).
 void nf4_permute_x(const float* x, float* xp, int64_t K);
-void nf4_matvec_rows_avx2(const void* W, const float* xp, float* y, int64_t n0, int64_t n1,
+// y[n] (+)= row n · x for rows n0 .. n1 of the matrix.
+void nf4_matvec_rows_avx2(const Nf4View& v, const float* xp, float* y, int64_t n0, int64_t n1,
                           int64_t K, bool acc);
 }  // namespace detail
 

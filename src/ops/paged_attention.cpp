@@ -27,16 +27,18 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int64_t kRowsTarget = 64;          // query rows (tokens × grouped heads) per item
 constexpr int64_t kParallelWork = 1 << 16;   // multiply-adds below which one thread does it all
 
+// Builds no string unless it throws (it runs for every layer of every decode step, and the
+// decode step must not allocate).
 void check(const PagedKv& kv, const AttnShape& s, const char* fn) {
-  const std::string where = std::string("ops::") + fn + ": ";
+  const auto where = [fn] { return std::string("ops::") + fn + ": "; };
   if (s.T < 0 || s.pos0 < 0 || s.H <= 0 || s.KV <= 0 || s.D <= 0 || s.H % s.KV != 0)
-    throw Error(where + "bad shape T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
+    throw Error(where() + "bad shape T=" + std::to_string(s.T) + " pos0=" + std::to_string(s.pos0) +
                 " H=" + std::to_string(s.H) + " KV=" + std::to_string(s.KV) + " D=" +
                 std::to_string(s.D) + "; need T, pos0 >= 0, H, KV, D > 0 and H % KV == 0");
   if (kv.block_size <= 0 || !kv.k || !kv.v || (!kv.table && kv.n_table > 0))
-    throw Error(where + "block_size must be > 0 and the pools and table must be set");
+    throw Error(where() + "block_size must be > 0 and the pools and table must be set");
   if (s.pos0 + s.T > kv.n_table * kv.block_size)
-    throw Error(where + "positions up to " + std::to_string(s.pos0 + s.T) + " need " +
+    throw Error(where() + "positions up to " + std::to_string(s.pos0 + s.T) + " need " +
                 std::to_string((s.pos0 + s.T + kv.block_size - 1) / kv.block_size) +
                 " blocks but the table holds " + std::to_string(kv.n_table) +
                 "; allocate blocks before attending");

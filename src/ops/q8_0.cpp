@@ -13,6 +13,7 @@
 #include "core/cpu.h"
 #include "ops/matmul.h"
 #include "ops/quant.h"
+#include "ops/quant_gguf.h"
 
 namespace qwen::ops {
 
@@ -81,6 +82,11 @@ void q8_0_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t
 }
 
 void q8_0_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
+  // 16-bit activations + integer block sums (falls back to q8_0_matvec_f32 without AVX2).
+  gguf::q8_0_matvec_act16(W, x, y, N, K, acc);
+}
+
+void q8_0_matvec_f32(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
   if (!cpu_features().avx2) return q8_0_matvec_ref(W, x, y, N, K, acc);
   // Static split in chunks of 8 rows: the weight stream is read once, in order, per thread.
   const int64_t n_chunks = (N + 7) / 8;

@@ -1,6 +1,7 @@
 // ops/quant.cpp — routes block-quantised dtypes to their format's kernel table (see quant.h).
 #include "ops/quant.h"
 
+#include <cstdint>
 #include <string>
 
 #include "qwen/error.h"
@@ -37,8 +38,38 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
 void quantize_row(DType t, const float* src, void* dst, int64_t n) {
   check_k("quantize", t, n);
   const QuantKernels& k = quant_kernels(t);
-  if (!k.quantize) throw Error(std::string("quantising to ") + dtype_name(t) + " is not supported");
+  if (!k.quantize)
+    throw Error(std::string("quantising to ") + dtype_name(t) +
+                " row by row is not supported; quantise the whole matrix (ops::quantize_matrix)");
   k.quantize(src, dst, n);
+}
+
+size_t quant_matrix_bytes(DType t, int64_t N, int64_t K) {
+  check_k("quantise a matrix", t, K);
+  const QuantKernels& k = quant_kernels(t);
+  return k.matrix_bytes ? k.matrix_bytes(N, K) : size_t(N) * dtype_row_bytes(t, K);
+}
+
+void quantize_matrix(DType t, const float* src, void* dst, int64_t N, int64_t K) {
+  check_k("quantise a matrix", t, K);
+  const QuantKernels& k = quant_kernels(t);
+  if (k.quantize_matrix) return k.quantize_matrix(src, dst, N, K);
+  if (!k.quantize) throw Error(std::string("quantising to ") + dtype_name(t) + " is not supported");
+  const size_t rb = dtype_row_bytes(t, K);
+  for (int64_t n = 0; n < N; ++n) k.quantize(src + n * K, static_cast<uint8_t*>(dst) + size_t(n) * rb, K);
+}
+
+void dequantize_rows(DType t, const void* W, int64_t N, int64_t K, int64_t row0, int64_t n_rows,
+                     float* dst) {
+  check_k("dequantise rows", t, K);
+  if (row0 < 0 || n_rows < 0 || row0 + n_rows > N)
+    throw Error("dequantise rows: rows " + std::to_string(row0) + " .. " + std::to_string(row0 + n_rows) +
+                " are outside a matrix of " + std::to_string(N) + " rows");
+  const QuantKernels& k = quant_kernels(t);
+  if (k.dequantize_rows) return k.dequantize_rows(W, row0, n_rows, K, dst);
+  const size_t rb = dtype_row_bytes(t, K);
+  for (int64_t n = 0; n < n_rows; ++n)
+    k.dequantize(static_cast<const uint8_t*>(W) + size_t(row0 + n) * rb, dst + n * K, K);
 }
 
 void matvec_quant(const void* W, DType t, const float* x, float* y, int64_t N, int64_t K, bool acc) {

@@ -5,8 +5,8 @@
 //
 // Decode (matvec): Q4_0 / Q4_1 quantise x to 16-bit blocks once and use integer dot products
 // (AVX2, error bound in quant_gguf.h); Q4_K / Q6_K dequantise one row at a time into f32 and
-// take an f32 dot product. q8_0_matvec_act16 offers Q8_0 the same integer scheme (its registered
-// kernels live in q8_0.cpp and take f32 activations).
+// take an f32 dot product. q8_0_matvec_act16 gives Q8_0 the same integer scheme (it is what the
+// registered Q8_0 matvec of q8_0.cpp runs on AVX2).
 // Prefill (matmul, M >= kMinGemmRows): weight rows are dequantised in panels of about 4 MiB of f32
 // and multiplied with the f32 GEMM (ops::matmul_dequant_panels of q8_0.h, shared by the block
 // formats), so the quantised matrix is read once per call and the arithmetic is the GEMM's.
@@ -344,7 +344,7 @@ void matvec_fast(const void* W, const float* x, float* y, int64_t N, int64_t K, 
 }  // namespace
 
 void q8_0_matvec_act16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
-  if (!cpu_features().avx2) return q8_0_matvec(W, x, y, N, K, acc);
+  if (!cpu_features().avx2) return q8_0_matvec_f32(W, x, y, N, K, acc);
   const int nt = threads_for(N, K);
   QAct a = act_buffers(K);
   avx2::quantize_act(x, K, a);

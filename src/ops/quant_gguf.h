@@ -47,7 +47,8 @@ float dot_q8_0_act_ref(const void* row, QAct a, int64_t K);
 
 // Q8_0 decode matvec with 16-bit activations (the same scheme and error bound as Q4_0 / Q4_1
 // above): y (N) (+)= W (N, K) · x, W row-major Q8_0 (ops/q8_0.h's layout), on the OpenMP threads.
-// Falls back to the exact ops::q8_0_matvec without AVX2. Measured on SmolLM2's shapes from DRAM
+// ops::q8_0_matvec (the registered kernel) runs this; falls back to ops::q8_0_matvec_f32
+// without AVX2. Measured on SmolLM2's shapes from DRAM
 // (bench_gguf_kernels, 1 thread): see docs/gguf.md.
 void q8_0_matvec_act16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 

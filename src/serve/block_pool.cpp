@@ -2,6 +2,7 @@
 #include "serve/block_pool.h"
 
 #include <cassert>
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -23,6 +24,10 @@ BlockPool::BlockPool(int32_t n_blocks, int32_t block_size)
   if (n_blocks <= 0 || block_size <= 0)
     throw Error("KV cache: need at least one block of at least one token (got " +
                 std::to_string(n_blocks) + " blocks of " + std::to_string(block_size) + ")");
+  size_t cap = 16;
+  while (cap < 2 * size_t(n_blocks)) cap *= 2;
+  index_.assign(cap, IndexEntry{});
+  index_mask_ = cap - 1;
   prev_[size_t(n_blocks)] = next_[size_t(n_blocks)] = n_blocks;  // empty circular list
   for (int32_t b = 0; b < n_blocks; ++b) push_tail(b);
 }
@@ -46,10 +51,44 @@ void BlockPool::push_tail(int32_t b) {
   ++n_free_;
 }
 
+int64_t BlockPool::index_find(uint64_t h) const {
+  for (uint64_t i = h & index_mask_;; i = (i + 1) & index_mask_) {
+    const IndexEntry& e = index_[size_t(i)];
+    if (e.block < 0) return -1;
+    if (e.hash == h) return int64_t(i);
+  }
+}
+
+void BlockPool::index_insert(uint64_t h, int32_t b) {
+  assert(n_index_ < n_blocks_);
+  uint64_t i = h & index_mask_;
+  while (index_[size_t(i)].block >= 0) i = (i + 1) & index_mask_;
+  index_[size_t(i)] = IndexEntry{h, b};
+  ++n_index_;
+}
+
+void BlockPool::index_erase(int64_t at) {
+  // Backward-shift deletion: move later entries of the probe run into the hole unless their
+  // home slot lies cyclically in (hole, entry], so every entry stays reachable from its home.
+  uint64_t hole = uint64_t(at), j = uint64_t(at);
+  for (;;) {
+    j = (j + 1) & index_mask_;
+    const IndexEntry& e = index_[size_t(j)];
+    if (e.block < 0) break;
+    const uint64_t home = e.hash & index_mask_;
+    const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+    if (stays) continue;
+    index_[size_t(hole)] = e;
+    hole = j;
+  }
+  index_[size_t(hole)] = IndexEntry{};
+  --n_index_;
+}
+
 void BlockPool::uncache(int32_t b) {
   if (!cached_[size_t(b)]) return;
-  auto it = index_.find(hash_[size_t(b)]);
-  if (it != index_.end() && it->second == b) index_.erase(it);
+  const int64_t i = index_find(hash_[size_t(b)]);
+  if (i >= 0 && index_[size_t(i)].block == b) index_erase(i);
   cached_[size_t(b)] = 0;
 }
 
@@ -95,9 +134,9 @@ uint64_t BlockPool::chain_hash(uint64_t parent, const int32_t* tokens, int32_t n
 
 int32_t BlockPool::lookup(uint64_t parent, const int32_t* tokens) const {
   const uint64_t h = chain_hash(parent, tokens, block_size_);
-  auto it = index_.find(h);
-  if (it == index_.end()) return -1;
-  const int32_t b = it->second;
+  const int64_t i = index_find(h);
+  if (i < 0) return -1;
+  const int32_t b = index_[size_t(i)].block;
   if (parent_[size_t(b)] != parent ||
       std::memcmp(tokens_.data() + size_t(b) * size_t(block_size_), tokens,
                   size_t(block_size_) * sizeof(int32_t)) != 0)
@@ -109,8 +148,8 @@ uint64_t BlockPool::insert(int32_t b, uint64_t parent, const int32_t* tokens) {
   assert(ref_[size_t(b)] > 0);
   const uint64_t h = chain_hash(parent, tokens, block_size_);
   if (cached_[size_t(b)]) return h;  // already indexed (a shared prefix block)
-  if (index_.count(h)) return h;     // an equal block is cached already
-  index_.emplace(h, b);
+  if (index_find(h) >= 0) return h;  // an equal block is cached already
+  index_insert(h, b);
   cached_[size_t(b)] = 1;
   hash_[size_t(b)] = h;
   parent_[size_t(b)] = parent;
@@ -120,7 +159,8 @@ uint64_t BlockPool::insert(int32_t b, uint64_t parent, const int32_t* tokens) {
 }
 
 void BlockPool::clear_cache() {
-  index_.clear();
+  std::fill(index_.begin(), index_.end(), IndexEntry{});
+  n_index_ = 0;
   std::fill(cached_.begin(), cached_.end(), 0);
 }
 
@@ -149,9 +189,17 @@ std::string BlockPool::check() const {
   }
   int32_t n_cached = 0;
   for (int32_t b = 0; b < n_blocks_; ++b) n_cached += cached_[size_t(b)];
-  if (n_cached != int32_t(index_.size())) return "prefix index and cached flags disagree";
-  for (const auto& [h, b] : index_)
-    if (!cached_[size_t(b)] || hash_[size_t(b)] != h) return "prefix index entry for block " + std::to_string(b) + " is stale";
+  int32_t n_entries = 0;
+  for (const IndexEntry& e : index_) {
+    if (e.block < 0) continue;
+    ++n_entries;
+    if (e.block >= n_blocks_) return "prefix index holds an invalid block id";
+    if (!cached_[size_t(e.block)] || hash_[size_t(e.block)] != e.hash)
+      return "prefix index entry for block " + std::to_string(e.block) + " is stale";
+    if (index_find(e.hash) < 0 || index_[size_t(index_find(e.hash))].block != e.block)
+      return "prefix index entry for block " + std::to_string(e.block) + " is unreachable";
+  }
+  if (n_entries != n_index_ || n_cached != n_index_) return "prefix index and cached flags disagree";
   return "";
 }
 

@@ -11,7 +11,6 @@
 #pragma once
 #include <cstdint>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace qwen::serve {
@@ -46,7 +45,7 @@ class BlockPool {
   // Records that block (in use, full) holds these tokens after parent; returns its hash. If an
   // equal block is already cached the existing entry stays (this block is simply not indexed).
   uint64_t insert(int32_t block, uint64_t parent, const int32_t* tokens);
-  int32_t n_cached() const { return int32_t(index_.size()); }
+  int32_t n_cached() const { return n_index_; }
   bool is_cached(int32_t block) const { return cached_[size_t(block)] != 0; }
   // Forgets every cached hash (blocks stay as they are).
   void clear_cache();
@@ -60,6 +59,12 @@ class BlockPool {
   void unlink(int32_t b);
   void push_tail(int32_t b);
   void uncache(int32_t b);
+  // The prefix index: open addressing with linear probing over a power-of-two table of at
+  // least 2 * n_blocks entries (at most n_blocks are used), so inserting and erasing never
+  // allocate. Returns the entry holding hash h, or -1.
+  int64_t index_find(uint64_t h) const;
+  void index_insert(uint64_t h, int32_t b);
+  void index_erase(int64_t i);
 
   int32_t n_blocks_, block_size_;
   int32_t n_free_ = 0;
@@ -68,7 +73,13 @@ class BlockPool {
   std::vector<uint8_t> in_free_;
   // Prefix cache: hash -> block, and per block its hash, parent hash and tokens (verified on
   // lookup so that a hash collision can never hand out the wrong K/V).
-  std::unordered_map<uint64_t, int32_t> index_;
+  struct IndexEntry {
+    uint64_t hash = 0;
+    int32_t block = -1;  // -1: empty
+  };
+  std::vector<IndexEntry> index_;
+  uint64_t index_mask_ = 0;
+  int32_t n_index_ = 0;
   std::vector<uint8_t> cached_;
   std::vector<uint64_t> hash_, parent_;
   std::vector<int32_t> tokens_;  // (n_blocks, block_size)

@@ -86,14 +86,16 @@ bool RequestHandle::finished() const {
   return done_;
 }
 
-void RequestHandle::push(const std::vector<int32_t>& tokens, const std::vector<float>& logprobs,
-                         const std::string& text, bool finished, FinishReason reason, int64_t prompt_tokens,
-                         int64_t completion_tokens, int64_t cached_tokens) {
+void RequestHandle::push(const int32_t* tokens, size_t n_tokens, const float* logprobs,
+                         size_t n_logprobs, std::string_view text, bool finished,
+                         FinishReason reason, int64_t prompt_tokens, int64_t completion_tokens,
+                         int64_t cached_tokens) {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    pending_.tokens.insert(pending_.tokens.end(), tokens.begin(), tokens.end());
-    pending_.logprobs.insert(pending_.logprobs.end(), logprobs.begin(), logprobs.end());
-    pending_.text += text;
+    if (n_tokens) pending_.tokens.insert(pending_.tokens.end(), tokens, tokens + n_tokens);
+    if (n_logprobs)
+      pending_.logprobs.insert(pending_.logprobs.end(), logprobs, logprobs + n_logprobs);
+    pending_.text.append(text);
     pending_.finished = finished;
     pending_.reason = reason;
     pending_.prompt_tokens = prompt_tokens;
@@ -103,6 +105,13 @@ void RequestHandle::push(const std::vector<int32_t>& tokens, const std::vector<f
     done_ = finished;
   }
   cv_.notify_all();
+}
+
+void RequestHandle::reserve(size_t n_tokens, bool logprobs) {
+  std::lock_guard<std::mutex> lk(mu_);
+  pending_.tokens.reserve(n_tokens);
+  if (logprobs) pending_.logprobs.reserve(n_tokens);
+  pending_.text.reserve(64);
 }
 
 // ---- Engine -------------------------------------------------------------------------------
@@ -172,8 +181,23 @@ Engine::Engine(const Model& m, const Tokenizer* tok, const EngineConfig& cfg)
       logits_(size_t(cfg_.max_running + 1) * size_t(m.config().vocab_size)),
       spare_block_(cfg_.n_blocks),
       shared_(std::make_shared<RequestHandle::Shared>()) {
-  for (int i = 0; i < std::max(1, omp_get_max_threads()); ++i)
+  // OpenMP's thread count is per thread: a new thread starts from the defaults, not from what
+  // set_num_threads() (qwen serve --threads) set on this one, so the engine thread applies it.
+  n_threads_ = std::max(1, omp_get_max_threads());
+  for (int i = 0; i < n_threads_; ++i) {
     samplers_.emplace_back(m.config().vocab_size);
+    raw_.emplace_back(size_t(m.config().vocab_size));
+  }
+  const size_t n_rows = size_t(cfg_.max_running) + 1;
+  chunks_.reserve(n_rows);
+  plan_.chunks.reserve(n_rows);
+  plan_.preempted.reserve(n_rows);
+  plan_.admitted.reserve(n_rows);
+  rows_.reserve(n_rows);
+  row_active_.reserve(n_rows);
+  sampled_.reserve(n_rows);
+  logprob_.reserve(n_rows);
+  text_.reserve(256);
   publish_state();
 }
 
@@ -200,8 +224,8 @@ void Engine::stop(bool drain, std::chrono::milliseconds timeout) {
     intake();
     for (auto& [id, a] : active_) {
       sched_.finish(id);
-      a->handle->push({}, {}, "", true, FinishReason::kCancelled, int64_t(a->req.prompt.size()),
-                      a->n_generated, a->n_cached);
+      a->handle->push(nullptr, 0, nullptr, 0, "", true, FinishReason::kCancelled,
+                      int64_t(a->req.prompt.size()), a->n_generated, a->n_cached);
       metrics_.request_finished("cancelled");
     }
     std::lock_guard<std::mutex> lk(shared_->mu);
@@ -249,6 +273,12 @@ std::shared_ptr<RequestHandle> Engine::submit(GenerationRequest req) {
 }
 
 void Engine::intake() {
+  {
+    // Nothing new (most steps): return before constructing a deque, which allocates its map
+    // even when empty (the decode step must not allocate).
+    std::lock_guard<std::mutex> lk(shared_->mu);
+    if (shared_->incoming.empty() && shared_->cancels.empty()) return;
+  }
   std::deque<RequestHandle::Shared::Pending> incoming;
   std::vector<int64_t> cancels;
   {
@@ -263,6 +293,8 @@ void Engine::intake() {
     a->t_submit = p.t_submit;
     a->rng.reseed(p.req.sampling.seed);
     if (p.req.want_text && tok_) a->dec = std::make_unique<StreamDecoder>(*tok_, true);
+    a->handle->reserve(size_t(p.req.max_tokens), p.req.want_logprobs);
+    a->held.reserve(64);
     a->req = std::move(p.req);
     sched_.add(a->id, a->req.prompt, a->req.max_tokens);  // validated by submit()
     metrics_.prompt_tokens(int64_t(a->req.prompt.size()));
@@ -287,7 +319,12 @@ void Engine::publish_state() {
 }
 
 void Engine::finish(Active& a, FinishReason reason) {
-  a.handle->push({}, {}, "", true, reason, int64_t(a.req.prompt.size()), a.n_generated, a.n_cached);
+  a.handle->push(nullptr, 0, nullptr, 0, "", true, reason, int64_t(a.req.prompt.size()),
+                 a.n_generated, a.n_cached);
+  on_finished(a, reason);
+}
+
+void Engine::on_finished(Active& a, FinishReason reason) {
   metrics_.request_finished(finish_reason_name(reason));
   metrics_.request_latency(std::chrono::duration<double>(Clock::now() - a.t_submit).count());
   std::lock_guard<std::mutex> lk(shared_->mu);
@@ -296,23 +333,28 @@ void Engine::finish(Active& a, FinishReason reason) {
 
 namespace {
 
-// Releases text from held: everything before the first stop string (*hit = true), or everything
-// but the longest tail that could still grow into a stop string (all of it when final).
-std::string release_text(std::string& held, const std::vector<std::string>& stops, bool final,
-                         bool* hit) {
+// Moves text from held to *out (appending): everything before the first stop string (*hit =
+// true), or everything but the longest tail that could still grow into a stop string (all of it
+// when final). Allocates nothing once the strings have grown to their working size.
+void release_text(std::string& held, const std::vector<std::string>& stops, bool final,
+                  bool* hit, std::string* out) {
   *hit = false;
+  if (stops.empty()) {
+    out->append(held);
+    held.clear();
+    return;
+  }
   size_t first = std::string::npos;
   for (const std::string& s : stops) {
     if (s.empty()) continue;
     const size_t p = held.find(s);
     if (p != std::string::npos && p < first) first = p;
   }
-  std::string out;
   if (first != std::string::npos) {
     *hit = true;
-    out = held.substr(0, first);
+    out->append(held, 0, first);
     held.clear();
-    return out;
+    return;
   }
   size_t keep = 0;
   if (!final)
@@ -322,55 +364,52 @@ std::string release_text(std::string& held, const std::vector<std::string>& stop
           keep = k;
           break;
         }
-  out = held.substr(0, held.size() - keep);
+  out->append(held, 0, held.size() - keep);
   held.erase(0, held.size() - keep);
-  return out;
 }
 
 }  // namespace
 
 void Engine::emit(Active& a, int32_t token, float logprob, bool* finished) {
   const auto now = Clock::now();
-  if (a.n_generated == 0)
-    metrics_.time_to_first_token(std::chrono::duration<double>(now - a.t_submit).count());
-  else
-    metrics_.inter_token_latency(std::chrono::duration<double>(now - a.t_last).count());
+  const bool first = a.n_generated == 0;
+  metrics_.token(first, std::chrono::duration<double>(now - (first ? a.t_submit : a.t_last)).count());
   a.t_last = now;
   ++a.n_generated;
-  metrics_.generated_tokens(1);
 
   FinishReason reason = FinishReason::kNone;
-  std::string text;
+  std::string& text = text_;
+  text.clear();
   bool hit = false;
   const bool is_stop_id =
       std::find(a.req.stop_ids.begin(), a.req.stop_ids.end(), token) != a.req.stop_ids.end();
   if (is_stop_id) {
     reason = FinishReason::kStop;
     if (a.dec) a.held += a.dec->flush();
-    text = release_text(a.held, a.req.stop, true, &hit);
+    release_text(a.held, a.req.stop, true, &hit, &text);
   } else {
     if (a.dec) a.held += a.dec->push(token);
-    text = release_text(a.held, a.req.stop, false, &hit);
+    release_text(a.held, a.req.stop, false, &hit, &text);
     if (hit) {
       reason = FinishReason::kStop;
     } else if (a.n_generated >= a.req.max_tokens) {
       reason = FinishReason::kLength;
       if (a.dec) a.held += a.dec->flush();
-      text += release_text(a.held, a.req.stop, true, &hit);
+      release_text(a.held, a.req.stop, true, &hit, &text);
       if (hit) reason = FinishReason::kStop;
     }
   }
   *finished = reason != FinishReason::kNone;
-  std::vector<float> lp;
-  if (a.req.want_logprobs) lp.push_back(logprob);
-  a.handle->push({token}, lp, text, false, FinishReason::kNone, int64_t(a.req.prompt.size()),
-                 a.n_generated, a.n_cached);
-  if (*finished) finish(a, reason);
+  // The token and, when it ends the request, the finish in one hand-over.
+  a.handle->push(&token, 1, &logprob, a.req.want_logprobs ? 1 : 0, text, *finished, reason,
+                 int64_t(a.req.prompt.size()), a.n_generated, a.n_cached);
+  if (*finished) on_finished(a, reason);
 }
 
 void Engine::step_once() {
   const auto t0 = Clock::now();
-  StepPlan plan = sched_.step();
+  StepPlan& plan = plan_;
+  sched_.step(&plan);
   if (!plan.preempted.empty()) metrics_.preemptions(int64_t(plan.preempted.size()));
   if (plan.empty()) {
     publish_state();
@@ -398,48 +437,58 @@ void Engine::step_once() {
   decoder_.forward(cache_, chunks_.data(), chunks_.size(), LogitsMode::kLast, logits_.data());
   sched_.computed(plan);
 
-  // Sample every chunk that ends its request's tokens, in parallel over requests (each has its
-  // own Rng, so the order does not matter).
-  std::vector<int64_t> rows;
+  // Sample every chunk that ends its request's tokens (each request has its own Rng, so the
+  // order does not matter); in parallel over requests only when the rows are big enough to
+  // pay for waking the threads.
+  rows_.clear();
+  row_active_.clear();
   for (size_t i = 0; i < plan.chunks.size(); ++i)
-    if (plan.chunks[i].sample) rows.push_back(int64_t(i));
-  std::vector<int32_t> sampled(rows.size());
-  std::vector<float> logprob(rows.size(), 0.0f);
+    if (plan.chunks[i].sample) {
+      rows_.push_back(int64_t(i));
+      row_active_.push_back(active_.find(plan.chunks[i].id)->second.get());
+    }
+  const int64_t n_rows = int64_t(rows_.size());
+  sampled_.resize(size_t(n_rows));
+  logprob_.assign(size_t(n_rows), 0.0f);
   const int64_t V = m_.config().vocab_size;
-  const int64_t n_rows = int64_t(rows.size());
   const int n_threads = int(samplers_.size());
-  const bool parallel = n_rows >= 4 && n_rows * V >= (int64_t(1) << 20);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel) num_threads(n_threads)
-  for (int64_t i = 0; i < n_rows; ++i) {
-    const StepChunk& c = plan.chunks[size_t(rows[size_t(i)])];
+  const bool parallel = n_threads > 1 && n_rows >= 4 && n_rows * V >= (int64_t(1) << 20);
+  auto sample_row = [&](int64_t i, int tid) {
+    const StepChunk& c = plan.chunks[size_t(rows_[size_t(i)])];
     const SchedRequest* r = sched_.find(c.id);
-    Active& a = *active_.find(c.id)->second;
-    Sampler& s = samplers_[size_t(omp_get_thread_num())];
+    Active& a = *row_active_[size_t(i)];
+    Sampler& s = samplers_[size_t(tid)];
     const int32_t* gen = r->tokens.data() + r->n_prompt;
     const int64_t n_gen = int64_t(r->tokens.size()) - r->n_prompt;
-    float* row = logits_.data() + rows[size_t(i)] * V;
-    std::vector<float> raw;  // the row before sample() applies penalties to it
-    if (a.req.want_logprobs) raw.assign(row, row + V);
+    float* row = logits_.data() + rows_[size_t(i)] * V;
+    float* raw = raw_[size_t(tid)].data();  // the row before sample() applies penalties to it
+    if (a.req.want_logprobs) std::copy(row, row + V, raw);
     const int32_t tok = s.sample(row, a.req.sampling, a.rng, r->tokens.data(),
                                  int64_t(r->tokens.size()), gen, n_gen);
-    sampled[size_t(i)] = tok;
+    sampled_[size_t(i)] = tok;
     if (a.req.want_logprobs) {
-      const float mx = *std::max_element(raw.begin(), raw.end());
+      const float mx = *std::max_element(raw, raw + V);
       double sum = 0;
-      for (float x : raw) sum += std::exp(double(x - mx));
-      logprob[size_t(i)] = float(double(raw[size_t(tok)] - mx) - std::log(sum));
+      for (int64_t j = 0; j < V; ++j) sum += std::exp(double(raw[j] - mx));
+      logprob_[size_t(i)] = float(double(raw[tok] - mx) - std::log(sum));
     }
+  };
+  if (parallel) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+    for (int64_t i = 0; i < n_rows; ++i) sample_row(i, omp_get_thread_num());
+  } else {
+    for (int64_t i = 0; i < n_rows; ++i) sample_row(i, 0);
   }
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const int64_t id = plan.chunks[size_t(rows[i])].id;
-    auto it = active_.find(id);
+  for (int64_t i = 0; i < n_rows; ++i) {
+    Active& a = *row_active_[size_t(i)];
+    const int64_t id = a.id;
     bool done = false;
-    emit(*it->second, sampled[i], logprob[i], &done);
+    emit(a, sampled_[size_t(i)], logprob_[size_t(i)], &done);
     if (done) {
       sched_.finish(id);
-      active_.erase(it);
+      active_.erase(id);
     } else {
-      sched_.append_token(id, sampled[i]);
+      sched_.append_token(id, sampled_[size_t(i)]);
     }
   }
   for (const SeqChunk& c : chunks_) cache_.unbind(c.seq);
@@ -449,6 +498,7 @@ void Engine::step_once() {
 }
 
 void Engine::loop() {
+  omp_set_num_threads(n_threads_);
   for (;;) {
     intake();
     bool stop, drain;

@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -102,11 +103,13 @@ class RequestHandle {
   friend class Engine;
   struct Shared;
   RequestHandle(int64_t id, std::shared_ptr<Shared> engine) : id_(id), engine_(std::move(engine)) {}
-  // Engine side.
-  void push(const std::vector<int32_t>& tokens, const std::vector<float>& logprobs,
-            const std::string& text, bool finished,
-            FinishReason reason, int64_t prompt_tokens, int64_t completion_tokens,
-            int64_t cached_tokens);
+  // Engine side. tokens / logprobs may be null when their counts are 0.
+  void push(const int32_t* tokens, size_t n_tokens, const float* logprobs, size_t n_logprobs,
+            std::string_view text, bool finished, FinishReason reason, int64_t prompt_tokens,
+            int64_t completion_tokens, int64_t cached_tokens);
+  // Sizes the pending buffers for a whole request, so push() does not allocate while the
+  // reader keeps up (or at all, for the token ids, if it never reads before the end).
+  void reserve(size_t n_tokens, bool logprobs);
 
   int64_t id_;
   std::shared_ptr<Shared> engine_;
@@ -159,6 +162,8 @@ class Engine {
   void step_once();
   void emit(Active& a, int32_t token, float logprob, bool* finished);
   void finish(Active& a, FinishReason reason);
+  // The bookkeeping of a finished request (metrics, active count); its output is pushed already.
+  void on_finished(Active& a, FinishReason reason);
   void publish_state();
 
   const Model& m_;
@@ -169,6 +174,7 @@ class Engine {
   PagedKvCache cache_;
   Decoder decoder_;
   std::vector<Sampler> samplers_;  // one per OpenMP thread
+  int n_threads_ = 1;              // the creating thread's OpenMP thread count (--threads)
   std::vector<float> logits_;      // (max_running + 1, V)
   int32_t spare_block_ = 0;        // the companion row's block (past the scheduler's blocks)
   int32_t spare_token_ = 0;
@@ -179,9 +185,17 @@ class Engine {
   std::thread thread_;
   bool started_ = false;
 
-  // Engine-thread state.
+  // Engine-thread state. The per-step buffers are sized at construction and reused, so a
+  // decode step does not allocate.
   std::unordered_map<int64_t, std::unique_ptr<Active>> active_;
   std::vector<SeqChunk> chunks_;
+  StepPlan plan_;
+  std::vector<int64_t> rows_;              // plan chunks that sample
+  std::vector<Active*> row_active_;        // their requests
+  std::vector<int32_t> sampled_;           // their tokens
+  std::vector<float> logprob_;             // and log-probabilities
+  std::vector<std::vector<float>> raw_;    // per sampler: a logits row before penalties
+  std::string text_;                       // emit()'s text of one token
 };
 
 }  // namespace qwen::serve

@@ -83,6 +83,10 @@ void HttpServer::Impl::setup() {
                                              : size_t(ec.max_running + ec.max_queue + 16);
   svr.new_task_queue = [n_threads] { return new httplib::ThreadPool(n_threads); };
   svr.set_payload_max_length(opt.max_body_bytes);
+  // Small writes (an SSE event per token, a response right after its headers) must leave at
+  // once: with Nagle's algorithm a write behind an unacknowledged one waits for the peer's
+  // delayed ACK (40 ms on Linux), which shows as time to first token.
+  svr.set_tcp_nodelay(true);
   svr.set_keep_alive_max_count(1000);
   svr.set_keep_alive_timeout(5);
   svr.set_read_timeout(30, 0);
@@ -220,6 +224,8 @@ void HttpServer::Impl::handle_generate(const httplib::Request& req, httplib::Res
     return;
   }
 
+  // Per-stream state, reused on every call of the content provider: a token costs one SSE
+  // chunk built by hand into `out` (no JSON tree) and one write.
   struct StreamState {
     std::shared_ptr<RequestHandle> h;
     std::shared_ptr<api::ParsedRequest> pr;
@@ -227,7 +233,9 @@ void HttpServer::Impl::handle_generate(const httplib::Request& req, httplib::Res
     std::string id, model;
     int64_t created = 0;
     bool sent_role = false, done = false;
+    RequestOutput piece;  // what arrived since the last call
     RequestOutput total;  // counts for the usage chunk
+    std::string out;      // the bytes of this call
     Clock::time_point last_write = Clock::now();
   };
   auto st = std::make_shared<StreamState>();
@@ -237,36 +245,50 @@ void HttpServer::Impl::handle_generate(const httplib::Request& req, httplib::Res
   st->id = id;
   st->model = opt.model_name;
   st->created = created;
+  st->out.reserve(1024);
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
       "text/event-stream",
       [st](size_t, httplib::DataSink& sink) {
         if (st->done) return false;
-        std::string out;
-        auto event = [&out](const std::string& data) { out += "data: " + data + "\n\n"; };
-        if (st->pr->chat && !st->sent_role) {
-          event(api::chunk_json(*st->pr, st->id, st->created, st->model, "", {}, nullptr, true));
+        const api::ParsedRequest& pr = *st->pr;
+        std::string& out = st->out;
+        out.clear();
+        auto event = [&](std::string_view text, const std::vector<int32_t>* tokens,
+                         const char* finish, bool role_only) {
+          out.append("data: ");
+          api::append_chunk_json(&out, pr, st->id, st->created, st->model, text,
+                                 tokens ? tokens->data() : nullptr, tokens ? tokens->size() : 0,
+                                 finish, role_only);
+          out.append("\n\n");
+        };
+        if (pr.chat && !st->sent_role) {
+          event("", nullptr, nullptr, true);
           st->sent_role = true;
         }
-        RequestOutput piece;
+        RequestOutput& piece = st->piece;
+        piece.tokens.clear();
+        piece.logprobs.clear();
+        piece.text.clear();
         const bool got = st->h->next(&piece, std::chrono::milliseconds(100));
         if (got) {
           st->total.prompt_tokens = piece.prompt_tokens;
           st->total.completion_tokens = piece.completion_tokens;
           st->total.cached_tokens = piece.cached_tokens;
-          if (!piece.text.empty() || (st->pr->return_token_ids && !piece.tokens.empty()))
-            event(api::chunk_json(*st->pr, st->id, st->created, st->model, piece.text,
-                                  piece.tokens, nullptr, false));
+          if (!piece.text.empty() || (pr.return_token_ids && !piece.tokens.empty()))
+            event(piece.text, &piece.tokens, nullptr, false);
           if (piece.finished) {
-            event(api::chunk_json(*st->pr, st->id, st->created, st->model, "", {},
-                                  api::api_finish_reason(piece.reason), false));
-            if (st->pr->include_usage)
-              event(api::usage_chunk_json(*st->pr, st->id, st->created, st->model, st->total));
-            out += "data: [DONE]\n\n";
+            event("", nullptr, api::api_finish_reason(piece.reason), false);
+            if (pr.include_usage) {
+              out.append("data: ");
+              out.append(api::usage_chunk_json(pr, st->id, st->created, st->model, st->total));
+              out.append("\n\n");
+            }
+            out.append("data: [DONE]\n\n");
           }
         } else if (Clock::now() - st->last_write > std::chrono::seconds(1)) {
-          out += ": keep-alive\n\n";  // an SSE comment: finds a vanished client while queued
+          out.append(": keep-alive\n\n");  // an SSE comment: finds a vanished client while queued
         }
         if (!out.empty()) {
           if (!sink.write(out.data(), out.size())) {

@@ -103,6 +103,11 @@ void Metrics::inter_token_latency(double s) {
   std::lock_guard<std::mutex> lk(mu_);
   itl_.observe(s);
 }
+void Metrics::token(bool first, double s) {
+  std::lock_guard<std::mutex> lk(mu_);
+  ++generated_tokens_;
+  (first ? ttft_ : itl_).observe(s);
+}
 void Metrics::request_latency(double s) {
   std::lock_guard<std::mutex> lk(mu_);
   e2e_.observe(s);

@@ -43,6 +43,9 @@ class Metrics {
   // Latencies (seconds).
   void time_to_first_token(double s);
   void inter_token_latency(double s);
+  // One generated token (one lock): counts it and observes its time to first token (first) or
+  // its inter-token latency.
+  void token(bool first, double s);
   void request_latency(double s);
   // Gauges, set by the engine after every step.
   void set_state(int64_t running, int64_t waiting, int64_t kv_used, int64_t kv_total);

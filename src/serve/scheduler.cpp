@@ -28,6 +28,8 @@ void Scheduler::add(int64_t id, std::vector<int32_t> prompt, int64_t max_new_tok
   r->n_prompt = int64_t(prompt.size());
   r->tokens = std::move(prompt);
   r->tokens.reserve(size_t(max_tokens));
+  r->blocks.reserve(size_t(blocks_for(max_tokens)));  // no reallocation while it decodes
+  r->hashes.reserve(size_t(blocks_for(max_tokens)));
   r->max_tokens = max_tokens;
   waiting_.push_back(r.get());
   reqs_.emplace(id, std::move(r));
@@ -62,8 +64,10 @@ bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, int64_t* prefill_lef
                           StepPlan* plan) {
   const int64_t bs = cfg_.block_size, n_tok = int64_t(r->tokens.size());
   // Longest cached prefix of full blocks, leaving at least one token to compute.
-  std::vector<int32_t> hits;
-  std::vector<uint64_t> hashes;
+  std::vector<int32_t>& hits = hits_;
+  std::vector<uint64_t>& hashes = hashes_;
+  hits.clear();
+  hashes.clear();
   int32_t hits_free = 0;
   if (cfg_.prefix_caching) {
     uint64_t parent = 0;
@@ -83,8 +87,8 @@ bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, int64_t* prefill_lef
   const int64_t need = blocks_for(n_hit + n) - int64_t(hits.size());
   if (need > pool_.n_free() - hits_free) return false;
   for (int32_t b : hits) pool_.acquire(b);
-  r->blocks = std::move(hits);
-  r->hashes = std::move(hashes);
+  r->blocks.assign(hits.begin(), hits.end());
+  r->hashes.assign(hashes.begin(), hashes.end());
   const bool ok = pool_.allocate(int32_t(need), &r->blocks);
   assert(ok);
   (void)ok;
@@ -105,6 +109,13 @@ bool Scheduler::try_admit(SchedRequest* r, int64_t* budget, int64_t* prefill_lef
 
 StepPlan Scheduler::step() {
   StepPlan plan;
+  step(&plan);
+  return plan;
+}
+
+void Scheduler::step(StepPlan* out) {
+  StepPlan& plan = *out;
+  plan.clear();
   int64_t budget = cfg_.max_step_tokens;
   // Prefill cap: only while some request decodes (has exactly one token left to compute).
   int64_t n_decoding = 0;
@@ -147,7 +158,6 @@ StepPlan Scheduler::step() {
       waiting_.pop_front();
     }
   }
-  return plan;
 }
 
 void Scheduler::computed(const StepPlan& plan) {

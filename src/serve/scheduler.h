@@ -71,6 +71,13 @@ struct StepPlan {
   std::vector<int64_t> admitted;   // ids that started (or restarted) running in this step
   int64_t n_tokens = 0;
   bool empty() const { return chunks.empty(); }
+  // Empties the plan, keeping the vectors' memory (the engine reuses one plan every step).
+  void clear() {
+    chunks.clear();
+    preempted.clear();
+    admitted.clear();
+    n_tokens = 0;
+  }
 };
 
 class Scheduler {
@@ -82,6 +89,8 @@ class Scheduler {
   // < 1, or prompt + max_new_tokens needs more blocks than the whole pool (it could never run).
   void add(int64_t id, std::vector<int32_t> prompt, int64_t max_new_tokens);
   StepPlan step();
+  // The same into *plan (cleared first), reusing its memory: a decode step allocates nothing.
+  void step(StepPlan* plan);
   // After the forward pass of plan: blocks it filled enter the prefix cache.
   void computed(const StepPlan& plan);
   // The token sampled for a request's sample chunk.
@@ -121,6 +130,8 @@ class Scheduler {
   std::vector<SchedRequest*> running_;  // admission order (newest last)
   std::deque<SchedRequest*> waiting_;
   std::vector<uint8_t> slot_used_;
+  std::vector<int32_t> hits_;     // try_admit's scratch: cached blocks of the prefix
+  std::vector<uint64_t> hashes_;  // and their hashes
   int64_t n_preemptions_ = 0;
   int64_t n_prefix_hit_tokens_ = 0;
 };

@@ -117,16 +117,11 @@ std::unique_ptr<Model> quantize_layers_nf4(const Model& base, int64_t* n_quantiz
         ++nk;
         continue;
       }
-      const size_t rb = dtype_row_bytes(DType::NF4, l.n_in);
-      const size_t src_rb = dtype_row_bytes(l.dtype, l.n_in);
-      store->emplace_back(rb * size_t(l.n_out));
+      store->emplace_back(ops::quant_matrix_bytes(DType::NF4, l.n_out, l.n_in));
       uint8_t* dst = store->back().data();
-      row.resize(size_t(l.n_in));
-      for (int64_t o = 0; o < l.n_out; ++o) {
-        convert_to_f32(static_cast<const uint8_t*>(l.w) + size_t(o) * src_rb, l.dtype, row.data(),
-                       row.size());
-        ops::quantize_row(DType::NF4, row.data(), dst + size_t(o) * rb, l.n_in);
-      }
+      row.resize(size_t(l.n_out * l.n_in));
+      convert_to_f32(l.w, l.dtype, row.data(), row.size());
+      ops::quantize_matrix(DType::NF4, row.data(), dst, l.n_out, l.n_in);
       l.w = dst;
       l.dtype = DType::NF4;
       ++nq;

@@ -257,10 +257,7 @@ std::unique_ptr<Model> LoraAdapter::merge(const Model& base) const {
   auto to_f32 = [&](const void* w, DType dt, int64_t n_out, int64_t n_in) {
     std::vector<float> r(size_t(n_out * n_in));
     if (dtype_is_quantized(dt)) {
-      const size_t rb = dtype_row_bytes(dt, n_in);
-      for (int64_t o = 0; o < n_out; ++o)
-        ops::dequantize_row(dt, static_cast<const uint8_t*>(w) + size_t(o) * rb,
-                            r.data() + o * n_in, n_in);
+      ops::dequantize_rows(dt, w, n_out, n_in, 0, n_out, r.data());
     } else {
       convert_to_f32(w, dt, r.data(), r.size());
     }

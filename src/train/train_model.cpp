@@ -157,8 +157,7 @@ void linear_bwd(const Lin& l, const float* x, const float* dy, float* dx, bool d
       const int64_t nr = std::min(kTileRows, l.out - o0);
       const uint8_t* src = static_cast<const uint8_t*>(l.wq) + size_t(o0) * rb;
       if (dtype_is_quantized(l.dt)) {
-        for (int64_t i = 0; i < nr; ++i)
-          ops::dequantize_row(l.dt, src + size_t(i) * rb, s.wtile + i * l.in, l.in);
+        ops::dequantize_rows(l.dt, l.wq, l.out, l.in, o0, nr, s.wtile);
       } else {
         convert_to_f32(src, l.dt, s.wtile, size_t(nr * l.in));
       }
@@ -734,12 +733,10 @@ static void layer_forward(const ModelConfig& c, TrainModel::Impl& m, const Layer
   const ops::MhcDims& md = m.md;
   const ops::MhcCoefs<float> ca = ops::mhc_coefs_view(a.coef_a, N, md.n);
   const ops::MhcCoefs<float> cm = ops::mhc_coefs_view(a.coef_m, N, md.n);
-  ops::mhc_coefficients_forward(md, L.attn_hc.params(), a.X_a, N, ca);
-  ops::mhc_pre_aggregate(md, a.X_a, ca.h_pre, N, a.x_in);                 // u1
+  ops::mhc_site_in(md, L.attn_hc.params(), a.X_a, N, ca, a.x_in);          // coefs, u1
   attn_forward(c, m, L, a, a.F_a, B, T);
-  ops::mhc_post_merge(md, a.X_a, ca.h_res, ca.h_post, a.F_a, N, a.X_m);
-  ops::mhc_coefficients_forward(md, L.mlp_hc.params(), a.X_m, N, cm);
-  ops::mhc_pre_aggregate(md, a.X_m, cm.h_pre, N, a.x1);                   // u2
+  // X_m = the attention site's merge, then the MLP site's coefficients and u2 in the same pass.
+  ops::mhc_site_merge_in(md, a.X_a, ca, a.F_a, N, a.X_m, L.mlp_hc.params(), cm, a.x1);
   mlp_forward(c, m, L, a, a.F_m, N);
   ops::mhc_post_merge(md, a.X_m, cm.h_res, cm.h_post, a.F_m, N, out);
 }

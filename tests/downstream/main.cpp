@@ -1,6 +1,6 @@
 // Uses only the installed public headers (qwen/qwen.h): parses a config, builds a model with
-// seeded weights, runs a forward pass and a short greedy generation, loads a tokenizer and
-// round-trips text.
+// seeded weights, runs a forward pass, a short greedy generation and a perplexity evaluation,
+// loads a tokenizer and round-trips text.
 // Usage: downstream TOKENIZER_DIR  (prints the version and OK, exits non-zero on a mismatch)
 #include <cstdio>
 #include <string>
@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
     g.max_new_tokens = 4;
     g.temperature = 0;
     if (gen.generate(std::vector<int32_t>{1, 2, 3}, g).tokens.size() != 4) return 1;
+    const qwen::PerplexityResult p = qwen::evaluate_perplexity(model, {1, 2, 3, 4});
+    if (p.tokens != 3 || !(p.perplexity > 1)) return 1;
 
     qwen::Tokenizer tok = qwen::Tokenizer::from_dir(argv[1]);
     const std::string text = "Hello from a downstream project!";
