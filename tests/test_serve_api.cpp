@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "qwen/tokenizer.h"
 #include "serve/openai_api.h"
@@ -244,82 +243,6 @@ TEST_F(ServeApi, ResponseShapes) {
   j = json::parse(api::usage_chunk_json(chat, "c-1", 100, "m", out));
   EXPECT_TRUE(j["choices"].empty());
   EXPECT_EQ(j["usage"]["completion_tokens"], 2);
-}
-
-// The chunk as a JSON tree written by nlohmann::json: the reference for the hand-built chunks.
-std::string reference_chunk(const api::ParsedRequest& pr, const std::string& id, int64_t created,
-                            const std::string& model, const std::string& text,
-                            const std::vector<int32_t>& tokens, const char* finish,
-                            bool role_only) {
-  json choice = json::object();
-  choice["index"] = 0;
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = finish ? json(finish) : json(nullptr);
-  if (pr.chat) {
-    if (role_only) choice["delta"] = {{"role", "assistant"}, {"content", ""}};
-    else if (finish && text.empty()) choice["delta"] = json::object();
-    else choice["delta"] = {{"content", text}};
-  } else {
-    choice["text"] = text;
-  }
-  if (pr.return_token_ids && !role_only) choice["token_ids"] = tokens;
-  json j = {{"id", id}, {"object", pr.chat ? "chat.completion.chunk" : "text_completion"},
-            {"created", created}, {"model", model}, {"choices", json::array({choice})}};
-  if (pr.include_usage) j["usage"] = nullptr;
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
-// The streaming path builds chunks by hand; they must be the bytes nlohmann::json writes, for
-// every kind of text: escapes, control characters, every UTF-8 length, and invalid UTF-8
-// (replaced by U+FFFD as nlohmann does).
-TEST(ServeApiChunks, HandBuiltChunksEqualJsonLibrary) {
-  const std::vector<std::string> texts = {
-      "", "abc", "say \"hi\"", "back\\slash /", "tab\tnl\ncr\rff\fbs\b", std::string("nul\0x", 5),
-      "\x01\x1f\x7f", "caf\xc3\xa9", "\xe2\x82\xac\xf0\x9f\x98\x80 \xef\xbf\xbd",
-      "\xc3", "\xff\xfe", "a\xe2\x82", "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80", "x\x80y"};
-  std::mt19937 rng(5);
-  std::vector<std::string> all = texts;
-  for (int i = 0; i < 300; ++i) {  // random bytes, biased towards special ones
-    std::string t;
-    const int n = int(rng() % 12);
-    for (int k = 0; k < n; ++k) {
-      const uint32_t r = rng() % 6;
-      t.push_back(char(r == 0 ? rng() % 0x20 : r == 1 ? 0x80 + rng() % 0x80 : r == 2 ? "\"\\"[rng() % 2] : 0x20 + rng() % 0x60));
-    }
-    all.push_back(t);
-  }
-  for (int chat = 0; chat < 2; ++chat)
-    for (int ids = 0; ids < 2; ++ids)
-      for (int usage = 0; usage < 2; ++usage) {
-        api::ParsedRequest pr;
-        pr.chat = chat;
-        pr.return_token_ids = ids;
-        pr.include_usage = usage;
-        for (const std::string& t : all)
-          for (const char* finish : {static_cast<const char*>(nullptr), "stop", "length"})
-            for (int role_only = 0; role_only < 2; ++role_only) {
-              const std::vector<int32_t> toks = {int32_t(t.size()), 151643, 0};
-              const std::string want = reference_chunk(pr, "cmpl-\"x\"", 1700000000, "m\xc3\xa9", t, toks, finish, role_only);
-              ASSERT_EQ(api::chunk_json(pr, "cmpl-\"x\"", 1700000000, "m\xc3\xa9", t, toks, finish, role_only), want)
-                  << "chat " << chat << " ids " << ids << " usage " << usage << " text " << json(t).dump(-1, ' ', true, json::error_handler_t::replace);
-              std::string appended = "data: ";
-              api::append_chunk_json(&appended, pr, "cmpl-\"x\"", 1700000000, "m\xc3\xa9", t, toks.data(), toks.size(), finish, role_only);
-              ASSERT_EQ(appended, "data: " + want);
-            }
-      }
-  // append_json_string: nlohmann's bytes for valid UTF-8, false (nothing appended) otherwise.
-  for (const std::string& t : all) {
-    std::string out = "x";
-    const bool ok = api::append_json_string(&out, t);
-    bool valid = true;
-    try {
-      (void)json(t).dump();
-    } catch (const json::type_error&) {
-      valid = false;
-    }
-    EXPECT_EQ(ok, valid);
-    EXPECT_EQ(out, ok ? "x" + json(t).dump() : "x");
-  }
 }
 
 }  // namespace

@@ -225,7 +225,7 @@ void HttpServer::Impl::handle_generate(const httplib::Request& req, httplib::Res
   }
 
   // Per-stream state, reused on every call of the content provider: a token costs one SSE
-  // chunk built by hand into `out` (no JSON tree) and one write.
+  // chunk appended to `out` and one write.
   struct StreamState {
     std::shared_ptr<RequestHandle> h;
     std::shared_ptr<api::ParsedRequest> pr;

@@ -392,8 +392,8 @@ std::string response_json(const ParsedRequest& pr, const std::string& id, int64_
 
 namespace {
 
-// The chunk through nlohmann::json: the definition of its bytes (object keys sorted, non-ASCII
-// as UTF-8, invalid UTF-8 replaced by U+FFFD); append_chunk_json() falls back to it.
+// One streaming chunk as nlohmann::json writes it (object keys sorted, non-ASCII as UTF-8,
+// invalid UTF-8 replaced by U+FFFD).
 std::string chunk_json_tree(const ParsedRequest& pr, std::string_view id, int64_t created,
                             std::string_view model, std::string_view text,
                             const int32_t* tokens, size_t n_tokens, const char* finish,
@@ -418,130 +418,20 @@ std::string chunk_json_tree(const ParsedRequest& pr, std::string_view id, int64_
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-void append_int(std::string* out, int64_t v) {
-  char buf[24];
-  const int n = std::snprintf(buf, sizeof buf, "%lld", (long long)v);
-  out->append(buf, size_t(n));
-}
-
 }  // namespace
-
-bool append_json_string(std::string* out, std::string_view s) {
-  const size_t start = out->size();
-  out->push_back('"');
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    // Copy the longest run that needs no escaping and is plain ASCII.
-    size_t j = i;
-    while (j < n && p[j] >= 0x20 && p[j] < 0x80 && p[j] != '"' && p[j] != '\\') ++j;
-    out->append(s.data() + i, j - i);
-    i = j;
-    if (i == n) break;
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      switch (c) {
-        case '"': out->append("\\\""); break;
-        case '\\': out->append("\\\\"); break;
-        case '\b': out->append("\\b"); break;
-        case '\t': out->append("\\t"); break;
-        case '\n': out->append("\\n"); break;
-        case '\f': out->append("\\f"); break;
-        case '\r': out->append("\\r"); break;
-        default: {
-          static const char hex[] = "0123456789abcdef";
-          const char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-          out->append(e, 6);
-        }
-      }
-      ++i;
-      continue;
-    }
-    // A multi-byte sequence, validated as RFC 3629 UTF-8 (no overlongs, no surrogates, at most
-    // U+10FFFF) and copied as it is.
-    size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    bool ok = len > 0 && i + len <= n && p[i + 1] >= lo && p[i + 1] <= hi;
-    for (size_t k = 2; ok && k < len; ++k) ok = p[i + k] >= 0x80 && p[i + k] <= 0xBF;
-    if (!ok) {
-      out->resize(start);
-      return false;
-    }
-    out->append(s.data() + i, len);
-    i += len;
-  }
-  out->push_back('"');
-  return true;
-}
 
 void append_chunk_json(std::string* out, const ParsedRequest& pr, std::string_view id,
                        int64_t created, std::string_view model, std::string_view text,
                        const int32_t* tokens, size_t n_tokens, const char* finish,
                        bool role_only) {
-  // Keys in the order nlohmann::json writes them (sorted), so the bytes equal chunk_json_tree.
-  const size_t start = out->size();
-  bool ok = true;
-  out->append("{\"choices\":[{");
-  if (pr.chat) {
-    out->append("\"delta\":");
-    if (role_only) {
-      out->append("{\"content\":\"\",\"role\":\"assistant\"}");
-    } else if (finish && text.empty()) {
-      out->append("{}");
-    } else {
-      out->append("{\"content\":");
-      ok = ok && append_json_string(out, text);
-      out->push_back('}');
-    }
-    out->push_back(',');
-  }
-  out->append("\"finish_reason\":");
-  if (finish) ok = ok && append_json_string(out, finish);
-  else out->append("null");
-  out->append(",\"index\":0,\"logprobs\":null");
-  if (!pr.chat) {
-    out->append(",\"text\":");
-    ok = ok && append_json_string(out, text);
-  }
-  if (pr.return_token_ids && !role_only) {
-    out->append(",\"token_ids\":[");
-    for (size_t i = 0; i < n_tokens; ++i) {
-      if (i) out->push_back(',');
-      append_int(out, tokens[i]);
-    }
-    out->push_back(']');
-  }
-  out->append("}],\"created\":");
-  append_int(out, created);
-  out->append(",\"id\":");
-  ok = ok && append_json_string(out, id);
-  out->append(",\"model\":");
-  ok = ok && append_json_string(out, model);
-  out->append(pr.chat ? ",\"object\":\"chat.completion.chunk\"" : ",\"object\":\"text_completion\"");
-  if (pr.include_usage) out->append(",\"usage\":null");
-  out->push_back('}');
-  if (!ok) {  // invalid UTF-8 somewhere: let nlohmann replace it
-    out->resize(start);
-    out->append(chunk_json_tree(pr, id, created, model, text, tokens, n_tokens, finish, role_only));
-  }
+  out->append(chunk_json_tree(pr, id, created, model, text, tokens, n_tokens, finish, role_only));
 }
 
 std::string chunk_json(const ParsedRequest& pr, const std::string& id, int64_t created,
                        const std::string& model, const std::string& text,
                        const std::vector<int32_t>& tokens, const char* finish, bool role_only) {
-  std::string out;
-  append_chunk_json(&out, pr, id, created, model, text, tokens.data(), tokens.size(), finish,
-                    role_only);
-  return out;
+  return chunk_json_tree(pr, id, created, model, text, tokens.data(), tokens.size(), finish,
+                         role_only);
 }
 
 std::string usage_chunk_json(const ParsedRequest& pr, const std::string& id, int64_t created,

@@ -59,15 +59,11 @@ std::string response_json(const ParsedRequest& pr, const std::string& id, int64_
 std::string chunk_json(const ParsedRequest& pr, const std::string& id, int64_t created,
                        const std::string& model, const std::string& text,
                        const std::vector<int32_t>& tokens, const char* finish, bool role_only);
-// The same chunk appended to *out, built without a JSON tree (the same bytes: keys in sorted
-// order as nlohmann::json writes them); the streaming path uses it once per token.
+// The same chunk appended to *out (the streaming path reuses one buffer per stream).
 void append_chunk_json(std::string* out, const ParsedRequest& pr, std::string_view id,
                        int64_t created, std::string_view model, std::string_view text,
                        const int32_t* tokens, size_t n_tokens, const char* finish,
                        bool role_only);
-// Appends s as a JSON string literal (quotes included) escaped as nlohmann::json does without
-// ensure_ascii. Returns false, appending nothing, if s is not valid UTF-8.
-bool append_json_string(std::string* out, std::string_view s);
 // The final usage-only chunk (stream_options.include_usage).
 std::string usage_chunk_json(const ParsedRequest& pr, const std::string& id, int64_t created,
                              const std::string& model, const RequestOutput& out);
