@@ -59,13 +59,15 @@ void cmd_chat(const ChatArgs& a) {
   const std::string tpl = model_chat_template(a.model);
   if (!tpl.empty() && tpl.find("<|im_start|>") == std::string::npos)
     throw Error("'" + a.model + "': its chat template is not ChatML (<|im_start|>...); only ChatML chat is supported");
-  if (tok->token_to_id("<|im_start|>") < 0 || tok->token_to_id("<|im_end|>") < 0)
-    throw Error("'" + a.model + "': the vocabulary has no <|im_start|> / <|im_end|> tokens; chat needs a ChatML model");
-  const ModelConfig& c = model.config();
-  const int64_t ctx = a.chat.context > 0 ? std::min(a.chat.context, c.max_position_embeddings) : std::min<int64_t>(c.max_position_embeddings, 4096);
-  if (a.chat.max_new_tokens < 1 || a.chat.max_new_tokens >= ctx)
-    throw Error("--max-new-tokens must be between 1 and the context (" + std::to_string(ctx) + ") - 1");
-  ChatSession chat(model, *tok, a.chat);
+  // ChatSession checks the vocabulary (ChatML tokens) and --max-new-tokens against the context.
+  ChatSession chat = [&] {
+    try {
+      return ChatSession(model, *tok, a.chat);
+    } catch (const Error& e) {
+      throw Error("'" + a.model + "': " + e.what());
+    }
+  }();
+  const int64_t ctx = chat.context();
 
   auto say = [&](const std::string& s) {
     if (!a.quiet) std::fprintf(stderr, "%s", s.c_str());
