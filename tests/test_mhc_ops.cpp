@@ -701,6 +701,34 @@ TEST(MhcKernels, LargeBatchMatchesRef) {
   }
 }
 
+// Expand and collapse split their tokens over the threads at training sizes (here 300 tokens of
+// n·C = 1029 floats): every token's copies and sums as the definition gives them, in every
+// stream order the sum uses (the accumulate variant adds to what is there).
+TEST(MhcKernels, ExpandCollapseLargeBatch) {
+  const int64_t T = 300, n = 3, C = 343;
+  const std::vector<float> e = to_f(normal(size_t(T * C), 1.0, 31)),
+                           X = to_f(normal(size_t(T * n * C), 1.0, 32));
+  std::vector<float> Xe(size_t(T * n * C), -1.0f);
+  mhc_expand(e.data(), T, n, C, Xe.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < C; ++c)
+        ASSERT_EQ(Xe[size_t((t * n + j) * C + c)], e[size_t(t * C + c)]) << t << " " << j;
+  std::vector<float> y(size_t(T * C), 5.0f), ya(size_t(T * C), 0.5f);
+  mhc_collapse(X.data(), T, n, C, y.data());
+  mhc_collapse(X.data(), T, n, C, ya.data(), true);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      float s = 0.0f, sa = 0.5f;
+      for (int64_t j = 0; j < n; ++j) {
+        s += X[size_t((t * n + j) * C + c)];
+        sa += X[size_t((t * n + j) * C + c)];
+      }
+      ASSERT_EQ(y[size_t(t * C + c)], s) << t << " " << c;
+      ASSERT_EQ(ya[size_t(t * C + c)], sa) << t << " " << c;
+    }
+}
+
 // ---- Amax gain
 // -------------------------------------------------------------------------------------
 

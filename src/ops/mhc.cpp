@@ -36,10 +36,13 @@ void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const floa
                                   const float* F, const float* G, int64_t n_tok, int64_t n,
                                   int64_t C, float* g_X, float* g_h_res, float* g_h_post,
                                   float* g_F);
-void mhc_stream_grad_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
-                          const float* h_pre, const float* gm, const float* coef,
-                          const float* phi_p, int64_t count, int64_t n, int64_t C, float* g_X,
-                          float* gphi_p, int64_t next_count);
+void mhc_stream_init_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
+                          const float* h_pre, const float* coef, int64_t count, int64_t n,
+                          int64_t C, float* g_X);
+void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* phi_p, int64_t count,
+                                int64_t n, int64_t C, float* g_X, float* gphi_p,
+                                const float* next_X, const float* next_G, const float* next_gu,
+                                int64_t next_count);
 int64_t mhc_packed_phi_size(int64_t n, int64_t C);
 void mhc_pack_phi_avx2(const float* phi, int64_t n, int64_t C, float* out);
 void mhc_unpack_add_phi_avx2(const float* parts, int n_parts, int64_t stride, int64_t n, int64_t C,
@@ -511,16 +514,19 @@ void coefficients_backward_impl(const MhcDims& d, const MhcParams<T>& p, const T
                    use_avx2<T>(simd));
 }
 
-// mHC, AVX2: the rest of a site's backward in one pass over the streams, 8 tokens at a time
-// (one per Sinkhorn lane): g_h_pre from the dots <g_u, X[j]>, the gate and Sinkhorn backward,
-// g_m and the RMS term, then g_X = H_resᵀ·G + h_pre ⊗ g_u + g_m·phi − coef·X written once and
-// g_phi += g_mᵀ·X into a per-thread partial (summed in thread order afterwards, so the result does
-// not depend on timing). Scratch: one calling-thread buffer, grown and kept (training path).
+// mHC, AVX2: the rest of a site's backward in one pass over the streams. Per group of 8 tokens
+// (one per Sinkhorn lane): g_h_pre from the dots <g_u, X[j]>, the gate and Sinkhorn backward, g_m
+// and the RMS term; then the stream gradient in two phases: g_X = H_resᵀ·G + h_pre ⊗ g_u −
+// coef·X (written once), then g_X += g_m·phi and g_phi += g_mᵀ·X into a per-thread partial
+// (summed in thread order afterwards, so the result does not depend on timing). Scratch: one
+// calling-thread buffer, grown and kept (training path).
 void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const float* X,
                          const MhcCoefs<float>& co, const float* G, const float* g_u,
                          const float* g_h_post, const float* g_h_res, int64_t n_tok,
                          float* g_h_pre, float* g_X, const MhcGrads<float>& g) {
-  const int64_t n = d.n, C = d.C, nc = n * C, K = d.K(), nn = n * n, n_groups = (n_tok + 7) / 8;
+  constexpr int64_t kK = kMhcMaxStreams * kMhcMaxStreams + 2 * kMhcMaxStreams;
+  const int64_t n = d.n, C = d.C, nc = n * C, K = d.K(), nn = n * n;
+  const int64_t n_groups = (n_tok + 7) / 8;
   const bool par = n_tok > 8 && n_tok * K * nc >= kParallelMinWork;
   const int n_thr = par ? std::max(1, omp_get_max_threads()) : 1;
   const int64_t wsize = 8 * sinkhorn_work_size(n, d.iters) + 8;
@@ -543,12 +549,11 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
 #pragma omp for schedule(static)
     for (int64_t gi = 0; gi < n_groups; ++gi) {
       const int64_t t0 = gi * 8, count = std::min<int64_t>(8, n_tok - t0);
-      constexpr int64_t kK = kMhcMaxStreams * kMhcMaxStreams + 2 * kMhcMaxStreams;
       float ghp[8 * kMhcMaxStreams], gz[8 * kK], gm[8 * kK], coef[8];
       float zres[8 * kMhcMaxStreams * kMhcMaxStreams], gres[8 * kMhcMaxStreams * kMhcMaxStreams];
       std::fill(ghp, ghp + count * n, 0.0f);
-      detail::mhc_pre_aggregate_backward_avx2(X + t0 * nc, co.h_pre + t0 * n, g_u + t0 * C, count,
-                                              n, C, nullptr, ghp);
+      detail::mhc_pre_aggregate_backward_avx2(X + t0 * nc, co.h_pre + t0 * n, g_u + t0 * C,
+                                              count, n, C, nullptr, ghp);
       std::copy(ghp, ghp + count * n, g_h_pre + t0 * n);
       for (int64_t l = 0; l < count; ++l) {
         const int64_t t = t0 + l;
@@ -569,8 +574,8 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
       }
       if (g_h_res) {
         std::fill(gres, gres + count * nn, 0.0f);
-        detail::mhc_sinkhorn8_backward_avx2(zres, g_h_res + t0 * nn, gres, int(count), n, d.iters,
-                                            work);
+        detail::mhc_sinkhorn8_backward_avx2(zres, g_h_res + t0 * nn, gres, int(count), n,
+                                            d.iters, work);
         for (int64_t l = 0; l < count; ++l)
           std::copy(gres + l * nn, gres + (l + 1) * nn, gz + l * K + 2 * n);
       }
@@ -590,14 +595,21 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
         }
         coef[l] = g_r * r * r * r / float(nc);
       }
-      detail::mhc_stream_grad_avx2(X + t0 * nc, G + t0 * nc, g_u + t0 * C, co.h_res + t0 * nn,
-                                   co.h_pre + t0 * n, gm, coef, phi_p, count, n, C, g_X + t0 * nc,
-                                   pphi, std::clamp<int64_t>(n_tok - t0 - 8, 0, 8));
+      // The stream gradient: phase 1 token by token (X, G, g_u read once, g_X written), then
+      // phase 2 (the phi products) on the group while it is in cache, prefetching the next
+      // group's inputs.
+      detail::mhc_stream_init_avx2(X + t0 * nc, G + t0 * nc, g_u + t0 * C, co.h_res + t0 * nn,
+                                   co.h_pre + t0 * n, coef, count, n, C, g_X + t0 * nc);
+      const int64_t e = t0 + count, next = std::clamp<int64_t>(n_tok - e, 0, 8);
+      detail::mhc_stream_grad_block_avx2(X + t0 * nc, gm, phi_p, count, n, C, g_X + t0 * nc,
+                                         pphi, next ? X + e * nc : nullptr,
+                                         next ? G + e * nc : nullptr,
+                                         next ? g_u + e * C : nullptr, next);
     }
     if (g.phi) {  // the partials in thread order (after the loop's barrier), by column blocks
       const int nt = omp_get_num_threads();
-      const int64_t b0 = nblk * th / nt, b1 = nblk * (th + 1) / nt;
-      detail::mhc_unpack_add_phi_avx2(sbase, n_thr, per, n, d.C, b0, b1, g.phi);
+      const int64_t q0 = nblk * th / nt, q1 = nblk * (th + 1) / nt;
+      detail::mhc_unpack_add_phi_avx2(sbase, n_thr, per, n, d.C, q0, q1, g.phi);
     }
   }
   for (int t = 0; t < n_thr; ++t) {
@@ -821,22 +833,28 @@ void mhc_site_backward_streams(const MhcDims& d, const MhcParams<T>& p, const T*
                              true);
 }
 
+// Both split their tokens over the op threads for training-sized T (memory-bound copies of
+// (T, n, C): one thread does not reach the machine's bandwidth); per token the work and the
+// order of the sums are the same either way.
 template <class T>
 void mhc_expand(const T* e, int64_t n_tok, int64_t n, int64_t C, T* X) {
-  for (int64_t t = 0; t < n_tok; ++t)
+  const bool par = n_tok > 1 && n_tok * n * C >= kParallelMinWork;
+  for_each_index(n_tok, par, [&](int64_t t) {
     for (int64_t j = 0; j < n; ++j) std::memcpy(X + (t * n + j) * C, e + t * C, sizeof(T) * C);
+  });
 }
 
 template <class T>
 void mhc_collapse(const T* X, int64_t n_tok, int64_t n, int64_t C, T* y, bool accumulate) {
-  for (int64_t t = 0; t < n_tok; ++t) {
+  const bool par = n_tok > 1 && n_tok * n * C >= kParallelMinWork;
+  for_each_index(n_tok, par, [&](int64_t t) {
     T* yt = y + t * C;
     if (!accumulate) std::fill(yt, yt + C, T(0));
     for (int64_t j = 0; j < n; ++j) {
       const T* x = X + (t * n + j) * C;
       for (int64_t c = 0; c < C; ++c) yt[c] += x[c];
     }
-  }
+  });
 }
 
 #define QWEN_MHC_INSTANTIATE(T)                                                                    \

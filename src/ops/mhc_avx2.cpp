@@ -1,11 +1,10 @@
 // ops/mhc_avx2.cpp — AVX2 + FMA bodies of the C-wide mHC/HC loops (compiled with -mavx2 -mfma,
 // reached from mhc.cpp after cpu_features() said AVX2 is there): the fused Σx² + projection
-// (rows, cols)·phiᵀ (split over the threads by phi rows for decode-sized T), the pre-aggregation,
-// the post merge, the backward of both, the one-pass stream gradient of a site's backward, and
-// Sinkhorn 8 tokens per vector (one token alone, n <= 4: on row vectors). The gate math stays in
-// mhc.cpp, which keeps the scalar references these are tested against.
+// (rows, cols)·phiᵀ (for decode-sized T: phi rows streamed 6 at a time on the calling thread),
+// the pre-aggregation, the post merge, the backward of both, the two-phase stream gradient of a
+// site's backward, and Sinkhorn 8 tokens per vector (one token alone, n <= 4: on row vectors).
+// The gate math stays in mhc.cpp, which keeps the scalar references these are tested against.
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -106,9 +105,9 @@ void project_rows(const float* X, int64_t cols, const float* phi, int64_t n_k, f
 
 }  // namespace
 
-// Few rows (decode: T = 1): the phi rows are split over the op threads instead, so reading phi
-// (K·n·C floats, not cache-resident between tokens) goes at the bandwidth of all threads. Same
-// sums in the same order as project_rows<1> (Σx² like the SQ block, each phi row alone).
+// Few rows (decode: T = 1): each X row against the phi rows streamed a few at a time (phi, K·n·C
+// floats, is not cache-resident between tokens). Same sums in the same order as project_rows<1>
+// (Σx² like the SQ block, each phi row alone), so a token's coefficients do not depend on T.
 static float sumsq_row(const float* x, int64_t cols) {  // as project_block's SQ accumulator
   __m256 sq = _mm256_setzero_ps();
   int64_t c = 0;
@@ -158,30 +157,24 @@ inline void project_stream_block(const float* x, int64_t cols, const float* phi,
 static void project_stream_rows(const float* x, int64_t cols, const float* phi, int64_t k0,
                                 int64_t k1, float* proj) {
   int64_t k = k0;
+  for (; k + 6 <= k1; k += 6) project_stream_block<6>(x, cols, phi + k * cols, proj + k);
   for (; k + 4 <= k1; k += 4) project_stream_block<4>(x, cols, phi + k * cols, proj + k);
   for (; k < k1; ++k) project_stream_block<1>(x, cols, phi + k * cols, proj + k);
-}
-
-static void project_split_k(const float* X, int64_t rows, int64_t cols, const float* phi,
-                            int64_t n_k, float* proj, float* sumsq) {
-#pragma omp parallel
-  {
-    const int nt = omp_get_num_threads(), th = omp_get_thread_num();
-    const int64_t k0 = n_k * th / nt, k1 = n_k * (th + 1) / nt;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* x = X + r * cols;
-      if (th == 0) sumsq[r] = sumsq_row(x, cols);
-      project_stream_rows(x, cols, phi, k0, k1, proj + r * n_k);
-    }
-  }
 }
 
 // proj (rows, n_k) = X (rows, cols) · phiᵀ, phi (n_k, cols); sumsq (rows) = Σ_c X[row, c]².
 void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const float* phi,
                             int64_t n_k, float* proj, float* sumsq) {
-  if (rows <= 4 && n_k >= 4 && rows * cols * n_k >= (int64_t(1) << 14) &&
-      omp_get_max_threads() > 1 && !omp_in_parallel())
-    return project_split_k(X, rows, cols, phi, n_k, proj, sumsq);
+  // Few rows (decode): the calling thread streams the phi rows, 6 at a time (no parallel region
+  // per site: splitting the rows over the op threads cost more in fork/join and in waiting for a
+  // busy second core than it saved on 96 KB).
+  if (rows <= 4 && n_k >= 4 && rows * cols * n_k >= (int64_t(1) << 14)) {
+    for (int64_t r = 0; r < rows; ++r) {
+      sumsq[r] = sumsq_row(X + r * cols, cols);
+      project_stream_rows(X + r * cols, cols, phi, 0, n_k, proj + r * n_k);
+    }
+    return;
+  }
   const int64_t n_blocks = (rows + 2) / 3;
   const bool par = rows > 3 && rows * cols * n_k >= kParallelMinWork;
   for_each_index(n_blocks, par, [&](int64_t b) {
@@ -413,12 +406,16 @@ void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const floa
 }
 
 // ---- The fused stream gradient of a site's backward (mhc_site_backward_streams) --------------
-// For TB tokens and one column block of one stream j (position pos = j·C + c of n·C):
+// Per token and stream j:
 //   g_X[t] = Σ_i H[t][i][j]·G[t][i] + h_pre[t][j]·g_u[t] − coef[t]·X[t] + Σ_k gm[t][k]·phi[k]
 //   gphi[k] += Σ_t gm[t][k]·X[t]
-// so X, G and g_u are read once and g_X is written once (not read). phi and the gphi partial are
-// read in the packed layout of mhc_pack_phi_avx2: the K rows of one column block are 8·K
-// contiguous floats, not K rows n·C apart (with n·C a multiple of 1024 those all fall in one L1
+// in two phases per group of (up to 8) tokens: phase 1 (mhc_stream_init_avx2) token by token, the
+// first three terms, reading X, G and g_u of the token in order and writing g_X; phase 2
+// (mhc_stream_grad_block_avx2) the phi products, on the group's X and g_X that phase 1 just
+// brought into cache. (One loop that loaded X, G and g_u of 4 tokens per column block in front of
+// each K-long chain stalled on those ~24 scattered stream loads: ~12 % slower.) phi and the gphi
+// partial are read in the packed layout of mhc_pack_phi_avx2: the K rows of one column block are
+// 8·K contiguous floats, not K rows n·C apart (with n·C a multiple of 1024 those all fall in one L1
 // set and the K loop thrashes it). Registers: TB x, TB acc, phi, gphi, one broadcast.
 
 namespace {
@@ -444,46 +441,51 @@ struct RangePrefetch {
   }
 };
 
-template <int TB>
-void stream_grad_block(const float* X, const float* G, const float* gu, const float* H,
-                       const float* hpre, const float* gm, const float* coef, const float* phi_p,
-                       int64_t n, int64_t C, int64_t K, float* gX, float* gphi_p,
-                       RangePrefetch& pf, int pf_lines) {
-  const int64_t nc = n * C, nn = n * n, nb = (C + 7) / 8;
-  for (int64_t j = 0; j < n; ++j) {
-    for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
-      constexpr bool kFull = decltype(full)::value;
-      const int64_t pos = j * C + c, blk = (j * nb + c / 8) * K * 8;
-      pf.step(pf_lines);
-      __m256 xv[TB], acc[TB];
-      for (int t = 0; t < TB; ++t) {
-        xv[t] = ld<kFull>(X + t * nc + pos, w);
-        __m256 a = _mm256_mul_ps(_mm256_set1_ps(-coef[t]), xv[t]);
-        a = _mm256_fmadd_ps(_mm256_set1_ps(hpre[t * n + j]), ld<kFull>(gu + t * C + c, w), a);
-        const float* Ht = H + t * nn;
-        const float* Gt = G + t * nc;
-        for (int64_t i = 0; i < n; ++i)
-          a = _mm256_fmadd_ps(_mm256_set1_ps(Ht[i * n + j]), ld<kFull>(Gt + i * C + c, w), a);
-        acc[t] = a;
-      }
-      const float* pp = phi_p + blk;
-      float* gp_p = gphi_p + blk;
-      // One accumulator per token: TB x, TB acc, phi, gphi and a broadcast stay in registers
-      // (a second accumulator per token spilled at TB = 4); consecutive column blocks are
-      // independent, so the out-of-order core overlaps their K-long chains.
-      for (int64_t k = 0; k < K; ++k) {
-        const __m256 pv = _mm256_loadu_ps(pp + k * 8);
-        __m256 gp = _mm256_loadu_ps(gp_p + k * 8);
-        for (int t = 0; t < TB; ++t) {
-          const __m256 g = _mm256_broadcast_ss(gm + t * K + k);
-          acc[t] = _mm256_fmadd_ps(g, pv, acc[t]);
-          gp = _mm256_fmadd_ps(g, xv[t], gp);
-        }
-        _mm256_storeu_ps(gp_p + k * 8, gp);
-      }
-      for (int t = 0; t < TB; ++t) st<kFull>(gX + t * nc + pos, acc[t], w);
-    });
+// Phase 1, one token: g_X[j] = −coef·X[j] + h_pre[j]·g_u + Σ_i H[i][j]·G[i] for every stream j,
+// the streams of the token read in order (the hardware prefetchers follow them).
+template <int N>
+void stream_init_token(const float* x, const float* g, const float* gu, const float* H,
+                       const float* hpre, float coef, int64_t n_rt, int64_t C, float* gx) {
+  const int64_t n = N ? N : n_rt;
+  const __m256 mc = _mm256_set1_ps(-coef);
+  for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+    constexpr bool kFull = decltype(full)::value;
+    __m256 gv[N ? N : kMhcMaxStreams];
+    for (int64_t i = 0; i < n; ++i) gv[i] = ld<kFull>(g + i * C + c, w);
+    const __m256 gum = ld<kFull>(gu + c, w);
+    for (int64_t j = 0; j < n; ++j) {
+      __m256 a = _mm256_mul_ps(mc, ld<kFull>(x + j * C + c, w));
+      a = _mm256_fmadd_ps(_mm256_set1_ps(hpre[j]), gum, a);
+      for (int64_t i = 0; i < n; ++i) a = _mm256_fmadd_ps(_mm256_set1_ps(H[i * n + j]), gv[i], a);
+      st<kFull>(gx + j * C + c, a, w);
+    }
+  });
+}
+
+// Phase 2, TB tokens whose g_X holds phase 1's values, one column block (pos; packed blocks pp
+// and gp_p): g_X[t] += Σ_k gm[t][k]·phi[k] and gphi[k] += Σ_t gm[t][k]·X[t]. One accumulator per
+// token: TB x, TB acc, phi, gphi and a broadcast stay in registers (a second accumulator per
+// token spilled at TB = 4); consecutive calls are independent, so the out-of-order core overlaps
+// their K-long chains.
+template <int TB, bool kFull>
+inline void stream_grad_tile(const float* X, const float* gm, const float* pp, int64_t nc,
+                             int64_t pos, int64_t w, int64_t K, float* gX, float* gp_p) {
+  __m256 xv[TB], acc[TB];
+  for (int t = 0; t < TB; ++t) {
+    xv[t] = ld<kFull>(X + t * nc + pos, w);
+    acc[t] = ld<kFull>(gX + t * nc + pos, w);
   }
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 pv = _mm256_loadu_ps(pp + k * 8);
+    __m256 gp = _mm256_loadu_ps(gp_p + k * 8);
+    for (int t = 0; t < TB; ++t) {
+      const __m256 g = _mm256_broadcast_ss(gm + t * K + k);
+      acc[t] = _mm256_fmadd_ps(g, pv, acc[t]);
+      gp = _mm256_fmadd_ps(g, xv[t], gp);
+    }
+    _mm256_storeu_ps(gp_p + k * 8, gp);
+  }
+  for (int t = 0; t < TB; ++t) st<kFull>(gX + t * nc + pos, acc[t], w);
 }
 
 }  // namespace
@@ -525,39 +527,58 @@ void mhc_unpack_add_phi_avx2(const float* parts, int n_parts, int64_t stride, in
   }
 }
 
-// count (>= 1) tokens back to back: X, G, g_X (count, n, C), g_u (count, C), h_res (count, n, n),
-// h_pre (count, n), gm (count, K), coef (count); phi_p packed; gphi_p (packed) accumulates.
-// next_count: the tokens of the next call (X, G, g_u continue right after these), prefetched.
-void mhc_stream_grad_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
-                          const float* h_pre, const float* gm, const float* coef,
-                          const float* phi_p, int64_t count, int64_t n, int64_t C, float* g_X,
-                          float* gphi_p, int64_t next_count) {
-  const int64_t K = n * n + 2 * n, nc = n * C;
+// Phase 1 of the stream gradient for count tokens (see above): g_X[t] = H_res[t]ᵀ·G[t] +
+// h_pre[t] ⊗ g_u[t] − coef[t]·X[t], written (not accumulated), token by token.
+void mhc_stream_init_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
+                          const float* h_pre, const float* coef, int64_t count, int64_t n,
+                          int64_t C, float* g_X) {
+  const int64_t nc = n * C;
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for (int64_t t = 0; t < count; ++t)
+      stream_init_token<N>(X + t * nc, G + t * nc, g_u + t * C, h_res + t * n * n, h_pre + t * n,
+                           coef[t], n, C, g_X + t * nc);
+  });
+}
+
+// Phase 2 for count tokens (1..8, g_X holding phase 1's values): 4 tokens at a time over all
+// column blocks (one pass over the packed phi and the gphi partial per 4 tokens; running the
+// group's token quads back to back on one column block chains their gphi updates through
+// store-to-load forwarding, which measured slower). next_X / next_G / next_gu, next_count: the
+// next group's inputs, prefetched into L2 spread over the column blocks.
+void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* phi_p, int64_t count,
+                                int64_t n, int64_t C, float* g_X, float* gphi_p,
+                                const float* next_X, const float* next_G, const float* next_gu,
+                                int64_t next_count) {
+  const int64_t K = n * n + 2 * n, nc = n * C, nb = (C + 7) / 8;
   RangePrefetch pf;
-  const float* starts[3] = {X + count * nc, G + count * nc, g_u + count * C};
+  const float* starts[3] = {next_X, next_G, next_gu};
   const int64_t lens[3] = {next_count * nc, next_count * nc, next_count * C};
   for (int q = 0; q < 3; ++q) {
     pf.p[q] = reinterpret_cast<const char*>(starts[q]);
-    pf.end[q] = pf.p[q] + 4 * lens[q];
+    pf.end[q] = starts[q] ? pf.p[q] + 4 * lens[q] : pf.p[q];
   }
-  const int64_t iters = ((count + 3) / 4) * n * ((C + 7) / 8);
+  const int64_t iters = ((count + 3) / 4) * n * nb;
   const int pf_lines = int((4 * (2 * nc + C) * next_count / 64 + iters - 1) / iters);
   for (int64_t t0 = 0; t0 < count; t0 += 4) {
+    const float* Xt = X + t0 * nc;
+    const float* gmt = gm + t0 * K;
+    float* gXt = g_X + t0 * nc;
     const int64_t tb = std::min<int64_t>(4, count - t0);
-    auto run = [&](auto TBc) {
-      constexpr int TB = decltype(TBc)::value;
-      stream_grad_block<TB>(X + t0 * nc, G + t0 * nc, g_u + t0 * C, h_res + t0 * n * n,
-                            h_pre + t0 * n, gm + t0 * K, coef + t0, phi_p, n, C, K, g_X + t0 * nc,
-                            gphi_p, pf, pf_lines);
-    };
-    if (tb == 4)
-      run(std::integral_constant<int, 4>{});
-    else if (tb == 3)
-      run(std::integral_constant<int, 3>{});
-    else if (tb == 2)
-      run(std::integral_constant<int, 2>{});
-    else
-      run(std::integral_constant<int, 1>{});
+    for (int64_t j = 0; j < n; ++j)
+      for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+        constexpr bool kFull = decltype(full)::value;
+        const int64_t pos = j * C + c, blk = (j * nb + c / 8) * K * 8;
+        pf.step(pf_lines);
+        if (tb == 4)
+          stream_grad_tile<4, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+        else if (tb == 3)
+          stream_grad_tile<3, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+        else if (tb == 2)
+          stream_grad_tile<2, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+        else
+          stream_grad_tile<1, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+      });
   }
 }
 
