@@ -9,11 +9,18 @@
 //            bytes read per token (all matrices incl. lm_head), bits per parameter held in memory
 //            and the cap (bytes per token of the first model / of this one).
 // Usage: bench_quant [--reps N] [--threads N] [--only kernels|models]
-//                    [--models DIR[:bf16],DIR,...] [--gen N]
+//                    [--models DIR[:bf16][:nf4f32][:lmq8],DIR,...] [--gen N]
+//   :bf16 loads the folder as BF16; :nf4f32 decodes NF4 layers with the exact f32 matvec
+//   (ops::nf4_matvec_f32) instead of the registered 16-bit integer one; :lmq8 re-quantises
+//   lm_head to Q8_0 in memory (bench only, clearly labelled in the table).
+//   --ppl FILE: first the perplexity of FILE's text (each model's own tokenizer) through the
+//   decode path and the prefill path, per model (--reps 0: only that).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -23,10 +30,12 @@
 #include "core/dtype.h"
 #include "generate/generator.h"
 #include "machine_probe.h"
+#include "model/decoder.h"
 #include "model/model.h"
 #include "ops/matmul.h"
 #include "ops/nf4.h"
 #include "ops/quant.h"
+#include "qwen/tokenizer.h"
 
 using qwen::DType;
 using namespace qwen::bench;
@@ -68,28 +77,41 @@ void bench_kernels(int reps) {
   struct Shape { int64_t N, K; const char* what; };
   const Shape shapes[] = {{2048, 768, "gate/up (2048x768)"}, {768, 2048, "down (768x2048)"},
                           {768, 768, "q/o (768x768)"}};
+  // The registered kernel of each dtype (NF4: the 16-bit integer matvec), plus NF4's exact f32
+  // kernel (ops::nf4_matvec_f32) as a fifth row, on the NF4 weights.
   std::printf("matvec, weights cold (set of copies >= 256 MiB F32-equivalent cycled):\n");
-  std::printf("%-20s %8s %10s %10s %12s\n", "shape", "dtype", "us/call", "GB/s", "% roofline");
+  std::printf("%-20s %8s %10s %10s %12s %10s %10s\n", "shape", "dtype", "us/call", "GB/s", "% roofline",
+              "vs BF16", "byte cap");
+  constexpr size_t kRows = 5;
+  const char* names[kRows] = {"f32", "bf16", "q8_0", "nf4", "nf4-f32"};
   for (const Shape& s : shapes) {
     const int n_copies = int(std::max<int64_t>(8, (int64_t(256) << 20) / (s.N * s.K * 4)));
     std::vector<WeightSet> sets;
     for (DType t : kTypes) sets.emplace_back(s.N, s.K, t, n_copies);
     const auto x = randn(size_t(s.K), 3, 1.0f);
     std::vector<float> y(size_t(s.N));
-    std::vector<std::vector<double>> us(4);
+    std::vector<std::vector<double>> us(kRows);
     for (int r = 0; r < reps; ++r)
-      for (size_t ti = 0; ti < 4; ++ti) {
+      for (size_t ti = 0; ti < kRows; ++ti) {
+        const WeightSet& ws = sets[std::min<size_t>(ti, 3)];
         const double t0 = now_s();
-        for (int c = 0; c < n_copies; ++c)
-          qwen::ops::matvec(sets[ti].copies[size_t(c)].data(), kTypes[ti], x.data(), y.data(), s.N, s.K);
+        for (int c = 0; c < n_copies; ++c) {
+          const void* w = ws.copies[size_t(c)].data();
+          if (ti == 4) qwen::ops::nf4_matvec_f32(w, x.data(), y.data(), s.N, s.K, false);
+          else qwen::ops::matvec(w, kTypes[ti], x.data(), y.data(), s.N, s.K);
+        }
         us[ti].push_back((now_s() - t0) / n_copies * 1e6);
       }
-    for (size_t ti = 0; ti < 4; ++ti) {
-      const double u = median(us[ti]), gbs = double(sets[ti].bytes_each) / (u * 1e-6) * 1e-9;
-      std::printf("%-20s %8s %10.1f %10.1f %11.0f%%\n", s.what, qwen::dtype_name(kTypes[ti]), u, gbs,
-                  100.0 * gbs / dram);
+    const double bf16_us = median(us[1]);
+    for (size_t ti = 0; ti < kRows; ++ti) {
+      const WeightSet& ws = sets[std::min<size_t>(ti, 3)];
+      const double u = median(us[ti]), gbs = double(ws.bytes_each) / (u * 1e-6) * 1e-9;
+      std::printf("%-20s %8s %10.1f %10.1f %11.0f%% %9.2fx %9.2fx\n", s.what, names[ti], u, gbs,
+                  100.0 * gbs / dram, bf16_us / u, double(sets[1].bytes_each) / double(ws.bytes_each));
     }
   }
+  std::printf("vs BF16: BF16 us / these us; byte cap: BF16 bytes / these bytes (the speed-up if both "
+              "read at one speed)\n");
   std::printf("\nmatmul (prefill), Y (M, N) = X (M, K) . W^T, W hot:\n");
   std::printf("%-20s %5s %8s %10s %10s\n", "shape", "M", "dtype", "ms/call", "GFLOP/s");
   for (const Shape& s : {shapes[0], shapes[1]}) {
@@ -131,8 +153,74 @@ double bytes_per_token(const qwen::Model& m) {
   return b;
 }
 
-void bench_models(const std::string& list, int reps, int64_t gen_len) {
-  struct Entry { std::string dir, label; std::unique_ptr<qwen::Model> m; std::vector<double> tok_s; };
+// Bench only (":lmq8" after a model folder): lm_head re-quantised in memory to Q8_0, to show what
+// the layers of a 4-bit folder give when lm_head is not BF16. The folder format keeps lm_head in
+// float (bitsandbytes' rule); this changes nothing on disk. The model object is not const (it was
+// made by Model::load), so pointing its lm_head at a buffer the bench owns is well-defined.
+void lm_head_to_q8_0(qwen::Model& m, std::vector<uint8_t>& buf) {
+  const qwen::Linear& l = m.lm_head();
+  if (l.n_in % 32 != 0 || qwen::dtype_is_quantized(l.dtype)) return;
+  std::vector<float> w(size_t(l.n_out * l.n_in));
+  qwen::convert_to_f32(l.w, l.dtype, w.data(), w.size());
+  buf.assign(qwen::ops::quant_matrix_bytes(DType::Q8_0, l.n_out, l.n_in), 0);
+  qwen::ops::quantize_matrix(DType::Q8_0, w.data(), buf.data(), l.n_out, l.n_in);
+  auto& lm = const_cast<qwen::Linear&>(l);
+  lm.w = buf.data();
+  lm.dtype = DType::Q8_0;
+}
+
+// Perplexity of ids in windows of ctx tokens (non-overlapping), twice: through the decode path
+// (one token per forward call, so every linear layer is a matvec: the NF4 16-bit integer kernel,
+// or the f32 one under :nf4f32) and through the prefill path (the window in one forward call:
+// dequantised panels + f32 GEMM). log-softmax in double.
+struct Ppl {
+  double decode = 0, prefill = 0;
+  int64_t tokens = 0;
+};
+
+double nll_of(const float* logits, int64_t V, int32_t target) {
+  double mx = logits[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(logits[v]));
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(double(logits[v]) - mx);
+  return std::log(z) + mx - double(logits[target]);
+}
+
+Ppl perplexity(const qwen::Model& m, const std::vector<int32_t>& ids, int64_t ctx) {
+  const int64_t V = m.config().vocab_size;
+  qwen::KvCache cache(m.config(), 1, ctx);
+  qwen::Decoder dec(m, ctx);
+  std::vector<float> logits(size_t(ctx * V));
+  double nd = 0, np = 0;
+  Ppl r;
+  for (size_t w0 = 0; w0 + 1 < ids.size(); w0 += size_t(ctx)) {
+    const int64_t T = std::min<int64_t>(ctx, int64_t(ids.size() - w0));
+    if (T < 2) break;
+    cache.reset(0);
+    const qwen::SeqChunk all{0, T, ids.data() + w0};
+    dec.forward(cache, &all, 1, qwen::LogitsMode::kAll, logits.data());
+    for (int64_t t = 0; t + 1 < T; ++t) np += nll_of(logits.data() + t * V, V, ids[w0 + size_t(t) + 1]);
+    cache.reset(0);
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      const qwen::SeqChunk one{0, 1, ids.data() + w0 + size_t(t)};
+      dec.forward(cache, &one, 1, qwen::LogitsMode::kLast, logits.data());
+      nd += nll_of(logits.data(), V, ids[w0 + size_t(t) + 1]);
+    }
+    r.tokens += T - 1;
+  }
+  r.decode = std::exp(nd / double(r.tokens));
+  r.prefill = std::exp(np / double(r.tokens));
+  return r;
+}
+
+void bench_models(const std::string& list, int reps, int64_t gen_len, const std::string& ppl_text) {
+  struct Entry {
+    std::string dir, label;
+    std::unique_ptr<qwen::Model> m;
+    std::vector<double> tok_s;
+    bool nf4_f32 = false, lm_q8 = false;
+    std::vector<uint8_t> lm_q8_buf;
+  };
   std::vector<Entry> es;
   size_t p = 0;
   while (p <= list.size()) {
@@ -143,11 +231,43 @@ void bench_models(const std::string& list, int reps, int64_t gen_len) {
     if (item.empty()) continue;
     Entry e;
     DType dt = DType::BF16;
-    const bool as_bf16 = item.size() > 5 && item.substr(item.size() - 5) == ":bf16";
-    e.dir = as_bf16 ? item.substr(0, item.size() - 5) : item;
+    // DIR[:bf16][:nf4f32][:lmq8] (any order after DIR)
+    bool as_bf16 = false;
+    for (size_t c; (c = item.find_last_of(':')) != std::string::npos && c > 0;) {
+      const std::string opt = item.substr(c + 1);
+      if (opt == "bf16") as_bf16 = true;
+      else if (opt == "nf4f32") e.nf4_f32 = true;
+      else if (opt == "lmq8") e.lm_q8 = true;
+      else break;
+      item = item.substr(0, c);
+    }
+    e.dir = item;
     e.m = qwen::Model::load(e.dir, as_bf16 ? &dt : nullptr);
-    e.label = e.dir.substr(e.dir.find_last_of('/') + 1) + (as_bf16 ? " (as bf16)" : "");
+    e.label = e.dir.substr(e.dir.find_last_of('/') + 1) + (as_bf16 ? " (as bf16)" : "") +
+              (e.nf4_f32 ? " [f32 kernel]" : "") + (e.lm_q8 ? " [lm_head q8_0]" : "");
+    if (e.lm_q8) lm_head_to_q8_0(*e.m, e.lm_q8_buf);
     es.push_back(std::move(e));
+  }
+  if (!ppl_text.empty()) {
+    std::ifstream f(ppl_text, std::ios::binary);
+    if (!f) throw std::runtime_error("cannot read " + ppl_text);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    std::printf("\nperplexity of %s (%zu bytes), windows of the model's context, decode path (one "
+                "token per forward: matvecs) and prefill path (one forward per window):\n",
+                ppl_text.c_str(), ss.str().size());
+    std::printf("%-36s %8s %12s %12s %10s\n", "model", "tokens", "ppl decode", "ppl prefill", "d/p - 1");
+    for (auto& e : es) {
+      const auto tok = qwen::Tokenizer::from_dir(e.dir);
+      const auto ids = tok.encode(ss.str(), false);
+      const int64_t ctx = std::min<int64_t>(512, e.m->config().max_position_embeddings);
+      qwen::ops::detail::nf4_set_decode_f32(e.nf4_f32);
+      const Ppl p = perplexity(*e.m, ids, ctx);
+      qwen::ops::detail::nf4_set_decode_f32(false);
+      std::printf("%-36s %8lld %12.4f %12.4f %+9.4f%%\n", e.label.c_str(), (long long)p.tokens, p.decode,
+                  p.prefill, 100.0 * (p.decode / p.prefill - 1.0));
+    }
+    if (reps <= 0) return;
   }
   const int64_t prompt_len = 8;
   for (int r = 0; r < reps + 1; ++r)
@@ -160,7 +280,9 @@ void bench_models(const std::string& list, int reps, int64_t gen_len) {
       g.max_new_tokens = gen_len;
       g.sampling.temperature = 0;
       qwen::GenerationStats st;
+      qwen::ops::detail::nf4_set_decode_f32(e.nf4_f32);
       gen.generate({prompt}, g, nullptr, &st);
+      qwen::ops::detail::nf4_set_decode_f32(false);
       if (r > 0) e.tok_s.push_back(st.decode_tok_s());
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -198,7 +320,7 @@ void bench_models(const std::string& list, int reps, int64_t gen_len) {
 int main(int argc, char** argv) {
   int reps = 7, threads = 0;
   int64_t gen = 64;
-  std::string only, models;
+  std::string only, models, ppl;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -210,6 +332,7 @@ int main(int argc, char** argv) {
     else if (a == "--only") only = next();
     else if (a == "--models") models = next();
     else if (a == "--gen") gen = std::atoll(next().c_str());
+    else if (a == "--ppl") ppl = next();
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   qwen::set_num_threads(threads);
@@ -217,7 +340,7 @@ int main(int argc, char** argv) {
               qwen::cpu_features().avx2 ? "avx2" : "scalar");
   try {
     if (only.empty() || only == "kernels") bench_kernels(reps);
-    if ((only.empty() || only == "models") && !models.empty()) bench_models(models, reps, gen);
+    if ((only.empty() || only == "models") && !models.empty()) bench_models(models, reps, gen, ppl);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -210,7 +210,66 @@ void expect_close_dot(const std::vector<float>& got, const std::vector<float>& r
     ASSERT_NEAR(got[i], ref[i], eps * abs_sum[i] + 1e-30) << what << " at " << i;
 }
 
+// The documented error bound of the 16-bit integer matvec (ops/nf4.h, nf4_matvec) for each row
+// of W against the exact value, computed from the matrix's codes and absmax: table rounding
+// 0.5/8191 of absmax per weight, activation rounding 0.5·s_b·(1 + 2^-6) per element (s_b =
+// max|x_b|/32767), and f32 rounding (nb + 16)·2^-24 of the sum of |products|.
+std::vector<double> act16_bound(const std::vector<uint8_t>& W, const float* x, int64_t N, int64_t K) {
+  const ops::Nf4View v = ops::nf4_view(W.data());
+  const int64_t nb = K / 64;
+  std::vector<float> am(size_t(N * nb));
+  ops::nf4_block_absmax(v, 0, N * nb, am.data());
+  const double ew = 0.5 / 8191.0;
+  std::vector<double> bound(size_t(N), 0.0);
+  for (int64_t n = 0; n < N; ++n) {
+    double q = 0, mag = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      double xmax = 0;
+      for (int j = 0; j < 64; ++j) xmax = std::max(xmax, std::fabs(double(x[b * 64 + j])));
+      const double ex = 0.5 * xmax / 32767.0 * (1.0 + 1.0 / 64.0);
+      const double a = am[size_t(n * nb + b)];
+      for (int j = 0; j < 64; ++j) {
+        const uint8_t byte = v.codes[(n * nb + b) * 32 + j / 2];
+        const double c = ops::kNf4Code[j % 2 == 0 ? byte >> 4 : byte & 15];
+        const double xj = std::fabs(double(x[b * 64 + j]));
+        q += std::fabs(a) * (ew * xj + ex * std::fabs(c) + ew * ex);
+        mag += std::fabs(a * c * xj);
+      }
+    }
+    bound[size_t(n)] = q + double(nb + 16) * std::ldexp(1.0, -24) * mag;
+  }
+  return bound;
+}
+
+// got = run(y, acc) against ref (nf4_matvec_ref, which adds y0 when y0 != 0) within the int16
+// bound plus the reference's own f32 summation bound, (K + 4)·6e-8 of Σ|products| (+ |y0|).
+template <class Run>
+void expect_act16_close(const std::vector<uint8_t>& W, const float* x, std::vector<float>& got,
+                        const std::vector<float>& ref, int64_t N, int64_t K, double y0, Run run,
+                        const char* what) {
+  got.assign(size_t(N), -7.0f);
+  run(got.data(), y0 != 0.0);
+  const std::vector<double> b = act16_bound(W, x, N, K);
+  std::vector<float> wf(size_t(N * K));
+  ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);
+  for (int64_t n = 0; n < N; ++n) {
+    double mag = std::fabs(y0);
+    for (int64_t k = 0; k < K; ++k) mag += std::fabs(double(x[k]) * wf[size_t(n * K + k)]);
+    const double tol = b[size_t(n)] + double(K + 4) * 6e-8 * mag + 2e-7 * std::fabs(y0);
+    ASSERT_NEAR(got[size_t(n)], ref[size_t(n)], tol) << what << " row " << n;
+  }
+}
+
 }  // namespace
+
+TEST(Nf4Kernels, Int16CodeTableIsTheRoundedNf4Table) {
+  for (int c = 0; c < 16; ++c) {
+    EXPECT_EQ(ops::kNf4CodeI16[size_t(c)], int16_t(std::lround(double(ops::kNf4Code[c]) * 8191.0))) << c;
+    EXPECT_LE(std::fabs(ops::kNf4CodeI16[size_t(c)] / 8191.0 - ops::kNf4Code[c]), 0.5 / 8191.0) << c;
+  }
+  EXPECT_EQ(ops::kNf4CodeI16[0], -8191);
+  EXPECT_EQ(ops::kNf4CodeI16[15], 8191);
+}
 
 TEST(Nf4Kernels, DequantiseMatchesReferenceExactly) {
   std::mt19937 rng(5);
@@ -242,19 +301,38 @@ TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
               abs_sum[size_t(m * N + n)] += std::fabs(double(X[size_t(m * K + k)]) * wf[size_t(n * K + k)]);
         std::vector<float> ref(size_t(M * N)), got(size_t(M * N));
         ops::nf4_matmul_ref(X.data(), W.data(), ref.data(), M, N, K, false);
-        ops::nf4_matmul(X.data(), W.data(), got.data(), M, N, K, false);
-        expect_close_dot(got, ref, abs_sum, K, "matmul");
-        ops::matmul(X.data(), W.data(), DType::NF4, got.data(), M, N, K);
-        expect_close_dot(got, ref, abs_sum, K, "ops::matmul");
+        if (M == 1) {  // decode: nf4_matmul and ops::matmul run the 16-bit integer matvec
+          expect_act16_close(W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
+            ops::nf4_matvec(W.data(), X.data(), y, N, K, acc);
+          }, "matvec");
+          expect_act16_close(W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool) {
+            ops::nf4_matmul(X.data(), W.data(), y, 1, N, K, false);
+          }, "matmul M=1");
+          expect_act16_close(W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool) {
+            ops::matmul(X.data(), W.data(), DType::NF4, y, 1, N, K);
+          }, "ops::matmul M=1");
+          std::vector<float> ref_acc(size_t(N), 1.5f);
+          ops::nf4_matvec_ref(W.data(), X.data(), ref_acc.data(), N, K, true);
+          expect_act16_close(W, X.data(), got, ref_acc, N, K, 1.5, [&](float* y, bool acc) {
+            std::fill(y, y + N, 1.5f);
+            ops::nf4_matvec(W.data(), X.data(), y, N, K, acc);
+          }, "matvec acc");
+        } else {
+          ops::nf4_matmul(X.data(), W.data(), got.data(), M, N, K, false);
+          expect_close_dot(got, ref, abs_sum, K, "matmul");
+          ops::matmul(X.data(), W.data(), DType::NF4, got.data(), M, N, K);
+          expect_close_dot(got, ref, abs_sum, K, "ops::matmul");
+        }
         if (M == 1) {
-          ops::nf4_matvec(W.data(), X.data(), got.data(), N, K, false);
-          expect_close_dot(got, ref, abs_sum, K, "matvec");
-          // accumulate adds to y
+          // The exact f32 kernel: f32 summation order only.
+          ops::nf4_matvec_f32(W.data(), X.data(), got.data(), N, K, false);
+          expect_close_dot(got, ref, abs_sum, K, "matvec_f32");
           std::vector<float> acc(size_t(N), 1.5f), acc_ref(size_t(N), 1.5f);
-          ops::nf4_matvec(W.data(), X.data(), acc.data(), N, K, true);
+          ops::nf4_matvec_f32(W.data(), X.data(), acc.data(), N, K, true);
           ops::nf4_matvec_ref(W.data(), X.data(), acc_ref.data(), N, K, true);
-          for (auto& s : abs_sum) s += 1.5;
-          expect_close_dot(acc, acc_ref, abs_sum, K, "matvec acc");
+          std::vector<double> abs_acc = abs_sum;
+          for (auto& s : abs_acc) s += 1.5;
+          expect_close_dot(acc, acc_ref, abs_acc, K, "matvec_f32 acc");
         } else {
           std::vector<float> acc(size_t(M * N), -0.5f), acc_ref(size_t(M * N), -0.5f);
           ops::nf4_matmul(X.data(), W.data(), acc.data(), M, N, K, true);
@@ -264,6 +342,102 @@ TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
         }
       }
     }
+  }
+}
+
+// The int16 matvec's block sums at their extreme: every weight code ±1 (q_w = ±8191) and every
+// activation at ±max|x| (q_x = ±32767) with the signs chosen so that all 64 products of a block
+// have one sign: each i32 lane holds ±8·8191·32767 = ±2,147,155,976, just inside ±2^31. An
+// overflow would be off by 2^32 units (thousands of times the value); the result must be the
+// exact value within the documented bound.
+TEST(Nf4Kernels, Int16MatvecExtremeBlockSumsDoNotOverflow) {
+  std::mt19937 rng(41);
+  const int64_t N = 6, K = 64 * 7;
+  std::vector<float> sgn(static_cast<size_t>(K)), x(static_cast<size_t>(K)), w(size_t(N * K));
+  for (auto& v : sgn) v = rng() % 2 ? 1.0f : -1.0f;
+  const float A = 3.75f;
+  for (int64_t k = 0; k < K; ++k) x[size_t(k)] = A * sgn[size_t(k)];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)  // rows 0-2: all products positive; rows 3-5: all negative
+      w[size_t(n * K + k)] = (n < 3 ? 1.0f : -1.0f) * sgn[size_t(k)] * (0.5f + 0.25f * float(n % 3));
+  for (bool dq : {true, false}) {
+    SCOPED_TRACE(dq ? "dq" : "plain");
+    const std::vector<uint8_t> W = ops::nf4_quantize_matrix(w.data(), N, K, dq);
+    const ops::Nf4View v = ops::nf4_view(W.data());
+    for (int64_t i = 0; i < N * K / 2; ++i) ASSERT_TRUE(v.codes[i] == 0x00 || v.codes[i] == 0xFF ||
+                                                        v.codes[i] == 0x0F || v.codes[i] == 0xF0);
+    std::vector<float> am(size_t(N * K / 64));
+    ops::nf4_block_absmax(v, 0, N * K / 64, am.data());
+    std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N));
+    ops::nf4_matvec(W.data(), x.data(), y.data(), N, K, false);
+    ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
+    const std::vector<double> b = act16_bound(W, x.data(), N, K);
+    for (int64_t n = 0; n < N; ++n) {
+      double exact = 0;
+      for (int64_t blk = 0; blk < K / 64; ++blk) exact += double(am[size_t(n * K / 64 + blk)]) * 64.0 * A;
+      if (n >= 3) exact = -exact;
+      EXPECT_NEAR(y[size_t(n)], exact, b[size_t(n)]) << "row " << n;
+      EXPECT_NEAR(ref[size_t(n)], exact, double(K + 4) * 6e-8 * std::fabs(exact)) << "row " << n;
+    }
+  }
+}
+
+// A block of x so small that its 16-bit scale would be subnormal: the call takes the exact
+// kernel, so the result still matches the reference to f32 summation error.
+TEST(Nf4Kernels, Int16MatvecTinyActivationsStayAccurate) {
+  std::mt19937 rng(45);
+  const int64_t N = 7, K = 192;
+  auto W = random_nf4(N, K, rng);
+  auto x = random_vec(size_t(K), rng);
+  for (int64_t k = 64; k < 128; ++k) x[size_t(k)] *= 1e-33f;
+  for (int64_t k = 0; k < 64; ++k) x[size_t(k)] *= 1e-30f;
+  for (int64_t k = 128; k < K; ++k) x[size_t(k)] = 0.0f;
+  std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N)), wf(size_t(N * K));
+  ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);
+  ops::nf4_matvec(W.data(), x.data(), y.data(), N, K, false);
+  ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
+  for (int64_t n = 0; n < N; ++n) {
+    double mag = 0;
+    for (int64_t k = 0; k < K; ++k) mag += std::fabs(double(x[size_t(k)]) * wf[size_t(n * K + k)]);
+    EXPECT_NEAR(y[size_t(n)], ref[size_t(n)], double(K + 4) * 6e-8 * mag + 1e-44) << n;
+  }
+}
+
+// A NaN or an infinity in x reaches y as in the reference (the call takes the exact f32 kernel).
+TEST(Nf4Kernels, Int16MatvecPropagatesNonFiniteInput) {
+  std::mt19937 rng(43);
+  const int64_t N = 5, K = 192;
+  auto W = random_nf4(N, K, rng);
+  for (float bad : {std::nanf(""), INFINITY}) {
+    auto x = random_vec(size_t(K), rng);
+    x[100] = bad;
+    std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N));
+    ops::nf4_matvec(W.data(), x.data(), y.data(), N, K, false);
+    ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
+    for (int64_t n = 0; n < N; ++n) {
+      EXPECT_EQ(std::isnan(y[size_t(n)]), std::isnan(ref[size_t(n)])) << n;
+      EXPECT_EQ(std::isinf(y[size_t(n)]), std::isinf(ref[size_t(n)])) << n;
+      if (std::isinf(ref[size_t(n)])) {
+        EXPECT_EQ(y[size_t(n)], ref[size_t(n)]) << n;
+      }
+    }
+  }
+}
+
+// Shapes large enough for the multi-threaded path (N·K ≥ 2^16), rows split across the threads,
+// and x with very different magnitudes per block (the activation scale is per 64-block).
+TEST(Nf4Kernels, Int16MatvecLargeShapesWithinBound) {
+  std::mt19937 rng(47);
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{131, 576}, {77, 64 * 33}, {1031, 128}}) {
+    SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K));
+    auto W = random_nf4(N, K, rng);
+    auto x = random_vec(size_t(K), rng);
+    for (int64_t k = 0; k < K; ++k) x[size_t(k)] *= std::ldexp(1.0f, int(k / 64 % 7) * 3 - 9);
+    std::vector<float> ref(static_cast<size_t>(N)), got;
+    ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
+    expect_act16_close(W, x.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
+      ops::nf4_matvec(W.data(), x.data(), y, N, K, acc);
+    }, "matvec");
   }
 }
 

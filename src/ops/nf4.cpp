@@ -6,6 +6,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -28,6 +30,12 @@ const float kNf4Code[16] = {
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
 };
+
+const std::array<int16_t, 16> kNf4CodeI16 = [] {
+  std::array<int16_t, 16> t{};
+  for (int c = 0; c < 16; ++c) t[size_t(c)] = int16_t(std::lround(double(kNf4Code[c]) * kNf4CodeI16Scale));
+  return t;
+}();
 
 namespace {
 
@@ -126,11 +134,13 @@ void nf4_block_absmax(const Nf4View& v, int64_t b0, int64_t n, float* out) {
     return;
   }
   // Baseline x86-64 (this file is built without FMA): f32 multiply, then add, as bitsandbytes.
+  // One run per nested block (no division per block: this feeds the decode matvec).
   const int64_t nbs = v.h->nested_blocksize;
   const float off = v.h->offset;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t b = b0 + i;
-    out[i] = v.map[v.absmax_codes[b]] * v.nested[b / nbs] + off;
+  for (int64_t i = 0; i < n;) {
+    const int64_t b = b0 + i, g = b / nbs, e = std::min(n, (g + 1) * nbs - b0);
+    const float nest = v.nested[g];
+    for (; i < e; ++i) out[i] = v.map[v.absmax_codes[b0 + i]] * nest + off;
   }
 }
 
@@ -203,7 +213,38 @@ void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t 
   }
 }
 
+namespace {
+std::atomic<bool> g_decode_f32{false};
+}  // namespace
+
+void detail::nf4_set_decode_f32(bool on) { g_decode_f32.store(on); }
+
 void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
+  if (!cpu_features().avx2) return nf4_matvec_ref(W, x, y, N, K, acc);
+  if (g_decode_f32.load(std::memory_order_relaxed)) return nf4_matvec_f32(W, x, y, N, K, acc);
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> xs;
+  if (xq.size() < size_t(K)) xq.resize(size_t(K));
+  if (xs.size() < size_t(K / kNf4Block + 8)) xs.resize(size_t(K / kNf4Block + 8), 0.0f);  // 8: vector tails
+  if (!detail::nf4_quantize_act16(x, K, xq.data(), xs.data())) return nf4_matvec_f32(W, x, y, N, K, acc);
+  const Nf4View v = nf4_view(W);
+  const int16_t* xqp = xq.data();
+  const float* xsp = xs.data();
+  // One parallel region; each thread takes one contiguous range of rows (rows of 4 when possible).
+  if (N * K < kParMin || num_threads() <= 1) {
+    detail::nf4_matvec_rows_act16_avx2(v, xqp, xsp, y, 0, N, K, acc);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t units = (N + 3) / 4;
+    const int64_t n0 = std::min(N, units * t / nt * 4), n1 = std::min(N, units * (t + 1) / nt * 4);
+    if (n1 > n0) detail::nf4_matvec_rows_act16_avx2(v, xqp, xsp, y, n0, n1, K, acc);
+  }
+}
+
+void nf4_matvec_f32(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
   if (!cpu_features().avx2) return nf4_matvec_ref(W, x, y, N, K, acc);
   const Nf4View v = nf4_view(W);
   thread_local std::vector<float> xp;

@@ -19,6 +19,7 @@
 // keeps its scalar reference here; the DType::NF4 table of ops/quant.h points to them.
 #pragma once
 #include <cstddef>
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -30,6 +31,11 @@ inline constexpr int64_t kNf4NestedBlock = 256;
 
 // bitsandbytes' NF4 code table (get_4bit_type("nf4")), index = 4-bit code.
 extern const float kNf4Code[16];
+// The same table in 16-bit fixed point for the integer decode matvec: round(kNf4Code[c]·8191)
+// (kNf4CodeI16Scale = 8191: products with 16-bit activations cannot overflow the kernel's i32
+// block sums, 8·8191·32767 < 2^31; see nf4_avx2.cpp).
+inline constexpr int32_t kNf4CodeI16Scale = 8191;
+extern const std::array<int16_t, 16> kNf4CodeI16;
 
 // Nearest NF4 code of a value normalised to [-1, 1] (ties to the lower code, as torch.bucketize
 // on the midpoints of adjacent codes does in bitsandbytes' quantize_4bit).
@@ -84,7 +90,24 @@ void nf4_dequantize_ref(const void* W, float* dst, int64_t n);  // scalar
 void nf4_dequantize_rows(const void* W, int64_t row0, int64_t n_rows, int64_t K, float* dst);
 
 // y (N) (+)= W (N, K) · x (K), W an NF4 matrix.
+// nf4_matvec (the registered decode kernel, DType::NF4's k.matvec) is a 16-bit integer dot
+// product: the code table as int16 q_c = round(NF4[c]·8191) (kNf4CodeI16), x quantised once per
+// call per 64-block b to int16 q_x = round(x·32767/max|x_b|) (scale s_b = max|x_b|/32767), exact
+// i32 sums per block, then y += absmax_b·(s_b/8191)·sum in f32. Against the exact f32 value
+// y* = Σ_b absmax_b Σ_j NF4[c_j]·x_j (nf4_matvec_ref up to its own f32 summation) the error is
+//   |y − y*| ≤ Σ_b absmax_b · Σ_j ( e_w·|x_j| + e_x,b·|NF4[c_j]| + e_w·e_x,b )  +  f32 rounding
+// with e_w = 0.5/8191 (table rounding: |q_c/8191 − NF4[c]| ≤ 0.5/8191, ≤ 6.1e-5 of absmax per
+// weight) and e_x,b = 0.5·s_b·(1 + 2^-6) (activation rounding, 2^-16 of max|x_b| per element; the
+// 2^-6 covers the f32 rounding of 32767/max|x_b| and of x times it: < 2·2^-24·32767 < 0.004
+// units of s_b); the f32 rounding is that of converting each block's i32 sum, its scale (three
+// roundings) and the nb FMAs into 8 lanes and 2 chains, below (nb + 16)·2^-24·Σ|absmax_b·NF4[c_j]·x_j|.
+// A call whose x holds a NaN or an infinity takes the exact f32 kernel (so they propagate as in
+// the reference), as does one with a nonzero block below ~1e-30 in magnitude (its scale
+// s_b/8191 would be subnormal).
+// nf4_matvec_f32: the exact f32 AVX2 kernel (f32 code values by vpshufb byte planes; x not
+// rounded, error = f32 summation order only), kept for tests and benches.
 void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
+void nf4_matvec_f32(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 // Y (M, N) (+)= X (M, K) · Wᵀ.
 void nf4_matmul(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc);
@@ -107,6 +130,17 @@ void nf4_permute_x(const float* x, float* xp, int64_t K);
 // y[n] (+)= row n · x for rows n0 .. n1 of the matrix.
 void nf4_matvec_rows_avx2(const Nf4View& v, const float* xp, float* y, int64_t n0, int64_t n1,
                           int64_t K, bool acc);
+// x (K) -> permuted int16 blocks xq (K, the order nf4_matvec_rows_act16_avx2 multiplies in)
+// and xs (K/64) = s_b/8191 (see nf4_matvec). Returns false (xq, xs partly written) if x holds a
+// NaN or an infinity, or a nonzero block whose scale would be subnormal (max|x_b| < ~1e-30).
+bool nf4_quantize_act16(const float* x, int64_t K, int16_t* xq, float* xs);
+// y[n] (+)= row n · x for rows n0 .. n1, 16-bit integer products (see nf4_matvec). xs must be
+// readable 8 floats past its K/64 (vector tails; their values do not matter).
+void nf4_matvec_rows_act16_avx2(const Nf4View& v, const int16_t* xq, const float* xs, float* y,
+                                int64_t n0, int64_t n1, int64_t K, bool acc);
+// Benches only (bench_quant's model table): route nf4_matvec, and so every NF4 decode, to the
+// exact f32 kernel (nf4_matvec_f32) while on is true, to compare both in one process.
+void nf4_set_decode_f32(bool on);
 }  // namespace detail
 
 }  // namespace qwen::ops

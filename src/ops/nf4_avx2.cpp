@@ -1,13 +1,16 @@
 // ops/nf4_avx2.cpp — AVX2 kernels for NF4 blocks (see nf4.h).
 // Dequantise: the 16-entry f32 code table is looked up with two vpermps (codes 0-7 and 8-15,
-// low 3 bits of each lane) and a blend on the code's bit 3. Matvec (decode, the hot path): four
-// vpshufb byte-plane lookups per 32 codes (see nf4_permute_x), exact f32 code values, x permuted
-// once per call; each block's sum is scaled by its absmax once (decoded from the double-quantised
-// form by nf4_block_absmax, a chunk of blocks at a time).
+// low 3 bits of each lane) and a blend on the code's bit 3. Matvec, exact f32 (nf4_matvec_f32):
+// four vpshufb byte-plane lookups per 32 codes (see nf4_permute_x), exact f32 code values, x
+// permuted once per call; each block's sum is scaled by its absmax once (decoded from the
+// double-quantised form by nf4_block_absmax, a chunk of blocks at a time). Matvec, 16-bit integer
+// (nf4_matvec, the decode hot path): see "16-bit integer matvec" below.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "ops/nf4.h"
 
@@ -131,6 +134,222 @@ void nf4_dequantize_blocks_avx2(const uint8_t* codes, const float* absmax, float
         _mm256_storeu_ps(o + 16 * j + 8 * h, _mm256_mul_ps(wv, am));
       }
     }
+  }
+}
+
+// ---- 16-bit integer matvec (the registered decode kernel; see nf4.h for the error bound) ----
+//
+// Per block of 64 weights: the 32 code bytes give a high-nibble and a low-nibble index vector
+// (elements 2j and 2j+1); each is looked up in the low-byte and the high-byte plane of the int16
+// table kNf4CodeI16 (2 vpshufb) and the two byte vectors are interleaved into 32 int16 weights by
+// unpack{lo,hi}_epi8 (2 unpacks). So 4 vpshufb + 4 unpacks per 64 weights (the exact f32 kernel
+// above needs 8 + 16). vpmaddwd multiplies with the block's int16 activations (permuted once per
+// call by nf4_quantize_act16 to match the unpack order) and sums pairs into i32.
+//
+// No overflow: each i32 lane of a block's sum collects 4 vpmaddwd x 2 products = 8 products,
+// each |q_w·q_x| <= 8191·32767 = 268,394,497, so |lane| <= 8·268,394,497 = 2,147,155,976
+// < 2^31 = 2,147,483,648 (it would hold up to a table scale of 8192, not beyond). An activation
+// q_x is at most 32767 in magnitude (round(x·32767/max|x_b|), saturated by vpackssdw).
+//
+// Per block the 8 i32 lanes go to f32 (exact below 2^24, else one rounding) and one FMA adds them,
+// times absmax_b · s_b / 8191, to the row's f32 accumulator; the block's absmax is decoded from
+// the double-quantised form a chunk of whole rows at a time (row_scales) and multiplied by the
+// activation scales before the rows are streamed, four rows at a time (rows_act16).
+
+namespace {
+
+// Software prefetch distance past the end of the current group of rows. Measured (2 threads,
+// weights cold, 2026-11-28): without the prefetch the NF4 matvec took 93 / 111 / 38 us on
+// 2048x768 / 768x2048 / 768x768, with it 71 / 81 / 27; 512, 1024 and 2048 B ahead were equal.
+constexpr int64_t kPrefetchAct16 = 1024;
+
+struct I16Planes {
+  __m256i lo, hi;  // byte planes of the 16-entry int16 table, repeated in both 128-bit lanes
+  I16Planes() {
+    alignas(32) uint8_t l[32], h[32];
+    for (int c = 0; c < 16; ++c) {
+      const uint16_t u = uint16_t(kNf4CodeI16[c]);
+      l[c] = l[c + 16] = uint8_t(u & 0xFF);
+      h[c] = h[c + 16] = uint8_t(u >> 8);
+    }
+    lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(l));
+    hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(h));
+  }
+};
+
+// Position t (0..63) of a permuted activation block holds element kAct16Perm[t] of the block:
+// t = 32·s + 16·h + p, s = 0 for the high nibbles (elements 2j), 1 for the low nibbles (2j+1);
+// h = 0 for unpacklo_epi8, 1 for unpackhi_epi8; p the int16 position, whose code byte j is
+// 8h + p for p < 8 (128-bit lane 0) and 16 + 8h + (p - 8) for p >= 8 (lane 1).
+struct Act16Perm {
+  uint8_t e[64];
+  constexpr Act16Perm() : e() {
+    for (int t = 0; t < 64; ++t) {
+      const int s = t / 32, h = (t / 16) % 2, p = t % 16;
+      const int j = p < 8 ? 8 * h + p : 16 + 8 * h + (p - 8);
+      e[t] = uint8_t(2 * j + s);
+    }
+  }
+};
+constexpr Act16Perm kAct16Perm;
+
+// The block's 8 i32 partial sums (8 products each) of its 64 int16 weights with the block's
+// permuted activations x[0..3].
+inline __m256i block_dot(const I16Planes& tp, const uint8_t* blk, const __m256i* x) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk));
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+  const __m256i lo = _mm256_and_si256(w, m4);
+  const __m256i hl = _mm256_shuffle_epi8(tp.lo, hi), hh = _mm256_shuffle_epi8(tp.hi, hi);
+  const __m256i ll = _mm256_shuffle_epi8(tp.lo, lo), lh = _mm256_shuffle_epi8(tp.hi, lo);
+  const __m256i p0 = _mm256_madd_epi16(_mm256_unpacklo_epi8(hl, hh), x[0]);
+  const __m256i p1 = _mm256_madd_epi16(_mm256_unpackhi_epi8(hl, hh), x[1]);
+  const __m256i p2 = _mm256_madd_epi16(_mm256_unpacklo_epi8(ll, lh), x[2]);
+  const __m256i p3 = _mm256_madd_epi16(_mm256_unpackhi_epi8(ll, lh), x[3]);
+  return _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3));
+}
+
+// Rows n .. n + R (R = 4 or 1) of a chunk whose scales are sc (row-major, nb per row): each block's
+// activations are loaded once for the R rows, which keep R independent FMA chains. The R rows
+// are one contiguous stream of R·nb·32 code bytes, prefetched kPrefetchAct16 past the group's end
+// (as the Q8_0 / Q4 matvecs of quant_gguf_avx2.cpp do).
+template <int R>
+inline void rows_act16(const I16Planes& tp, const uint8_t* codes, const int16_t* xq, const float* sc,
+                       float* y, int64_t nb, bool acc) {
+  const size_t rb = size_t(nb) * 32;
+  __m256 a[R];
+  for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
+  const char* pf = reinterpret_cast<const char*>(codes) + R * rb + kPrefetchAct16;
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i* xb = reinterpret_cast<const __m256i*>(xq + b * kNf4Block);
+    const __m256i x[4] = {_mm256_loadu_si256(xb), _mm256_loadu_si256(xb + 1), _mm256_loadu_si256(xb + 2),
+                          _mm256_loadu_si256(xb + 3)};
+    if (R == 4) {
+      _mm_prefetch(pf + 128 * b, _MM_HINT_T0);
+      _mm_prefetch(pf + 128 * b + 64, _MM_HINT_T0);
+    } else if (b % 2 == 0) {
+      _mm_prefetch(pf + 32 * b, _MM_HINT_T0);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256i d = block_dot(tp, codes + r * rb + size_t(b) * 32, x);
+      a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sc[r * nb + b]), a[r]);
+    }
+  }
+  if constexpr (R == 4) {
+    // row r's 8 partial sums -> lane r (and r + 4) of one vector
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
+    _mm_storeu_ps(y, t);
+  } else {
+    const float t = hsum(a[0]);
+    y[0] = acc ? y[0] + t : t;
+  }
+}
+
+// sc[r·nb + b] = absmax of block b of row r0 + r (r < n_rows) · xs[b]. The absmax is bitsandbytes'
+// f32 multiply, then add (as nf4_block_absmax; the empty asm keeps the compiler from fusing them
+// into an FMA). Two passes: (1) the map values of the chunk's 8-bit absmax codes, copied with
+// scalar loads and stores only (no floating-point work, which would compete with the dot products
+// for the vector pipes); (2) per row and per run of blocks inside one nested block of 256 (no
+// division per block), 8 at a time: (map·nested + offset)·xs. A vector tail may run up to 7 past
+// a run's end: tmp, xs and sc are padded, and the next run (in increasing order) overwrites what
+// it wrote there. A vpgatherdd lookup was slower than the scalar copy; pass (1)-(2) is ~5% faster
+// than one scalar loop doing everything. Decoding the absmax costs ~25% of the matvec's time
+// (docs/quantization.md), the price of keeping it double-quantised (4.13 bits per weight instead
+// of 4.63 with f32 absmax).
+void row_scales(const Nf4View& v, int64_t r0, int64_t n_rows, int64_t nb, const float* xs, float* sc,
+                float* tmp) {
+  const int64_t g0 = r0 * nb, n = n_rows * nb;
+  if (v.absmax_f32) {
+    const float* am = v.absmax_f32 + g0;
+    for (int64_t r = 0; r < n_rows; ++r)
+      for (int64_t b = 0; b < nb; ++b) sc[r * nb + b] = am[r * nb + b] * xs[b];
+    return;
+  }
+  const uint8_t* codes = v.absmax_codes + g0;
+  const float* map = v.map;
+#pragma GCC unroll 8
+  for (int64_t i = 0; i < n; ++i) tmp[i] = map[codes[i]];
+  const __m256 voff = _mm256_set1_ps(v.h->offset);
+  const int64_t nbs = v.h->nested_blocksize;
+  int64_t g = g0 / nbs, next = (g + 1) * nbs;  // nested block of global block index gi, its end
+  int64_t gi = g0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* o = sc + r * nb;
+    const float* t = tmp + r * nb;
+    for (int64_t b = 0; b < nb;) {
+      if (gi == next) ++g, next += nbs;
+      const int64_t e = std::min(nb, b + (next - gi));
+      const __m256 vn = _mm256_set1_ps(v.nested[g]);
+      for (int64_t k = b; k < e; k += 8) {
+        __m256 p = _mm256_mul_ps(_mm256_loadu_ps(t + k), vn);
+        __asm__("" : "+x"(p));
+        _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_add_ps(p, voff), _mm256_loadu_ps(xs + k)));
+      }
+      gi += e - b;
+      b = e;
+    }
+  }
+}
+
+}  // namespace
+
+bool nf4_quantize_act16(const float* x, int64_t K, int16_t* xq, float* xs) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 bad = _mm256_setzero_ps();
+  alignas(32) int16_t nat[kNf4Block];
+  for (int64_t b = 0; b < K / kNf4Block; ++b) {
+    const float* xb = x + b * kNf4Block;
+    __m256 v[8];
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    if (!(amax <= 3.4e38f)) return false;  // inf (NaN is caught by `bad`)
+    const float s = amax / 32767.0f, r = amax > 0.0f ? 32767.0f / amax : 0.0f;
+    if (!(r <= 3.4e38f) || (amax > 0.0f && !(s / 8191.0f >= 1.2e-38f))) return false;  // subnormal scales
+    const __m256 inv = _mm256_set1_ps(r);
+    for (int i = 0; i < 8; i += 2) {
+      const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));      // round to nearest even
+      const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[i + 1], inv));
+      // vpackssdw works per 128-bit lane; a qword permute restores the natural order.
+      _mm256_store_si256(reinterpret_cast<__m256i*>(nat + 8 * i),
+                         _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8));
+    }
+    int16_t* o = xq + b * kNf4Block;
+    for (int t = 0; t < kNf4Block; ++t) o[t] = nat[kAct16Perm.e[t]];
+    xs[b] = s / 8191.0f;
+  }
+  return _mm256_movemask_ps(bad) == 0;
+}
+
+void nf4_matvec_rows_act16_avx2(const Nf4View& v, const int16_t* xq, const float* xs, float* y,
+                                int64_t n0, int64_t n1, int64_t K, bool acc) {
+  static const I16Planes tp;
+  const int64_t nb = K / kNf4Block;
+  // Scales of a chunk of whole rows (the blocks of consecutive rows are consecutive): ~512
+  // blocks, a multiple of 4 rows.
+  constexpr int64_t kChunkBlocks = 512;
+  const int64_t rows_per_chunk = std::max<int64_t>(4, kChunkBlocks / nb / 4 * 4);
+  thread_local std::vector<float> scv, tmpv;
+  if (scv.size() < size_t(rows_per_chunk * nb + 8)) scv.resize(size_t(rows_per_chunk * nb + 8));
+  if (tmpv.size() < size_t(rows_per_chunk * nb + 8)) tmpv.resize(size_t(rows_per_chunk * nb + 8));
+  float* sc = scv.data();
+  float* tmp = tmpv.data();
+  for (int64_t r0 = n0; r0 < n1; r0 += rows_per_chunk) {
+    const int64_t r1 = r0 + rows_per_chunk < n1 ? r0 + rows_per_chunk : n1;
+    row_scales(v, r0, r1 - r0, nb, xs, sc, tmp);
+    int64_t n = r0;
+    for (; n + 4 <= r1; n += 4)
+      rows_act16<4>(tp, v.codes + n * nb * 32, xq, sc + (n - r0) * nb, y + n, nb, acc);
+    for (; n < r1; ++n) rows_act16<1>(tp, v.codes + n * nb * 32, xq, sc + (n - r0) * nb, y + n, nb, acc);
   }
 }
 
