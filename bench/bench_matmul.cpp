@@ -5,12 +5,14 @@
 //     and the cold figure as % of the DRAM-read roofline;
 //   matmul (prefill, M = 128 and 512): GFLOP/s for ours (F32, BF16, F16 weights) and OpenBLAS
 //     sgemm (F32), interleaved rep by rep, medians, and % of the measured FMA peak;
-//   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS.
+//   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS;
+//   --only small: small-M products (M = 1..48, batched serving) on the demo model's shapes
+//     (C = 256, F = 704, V = 4096), raw and pre-packed weights, per shape and per model pass.
 // Fairness: OpenBLAS's worker threads spin (sched_yield loop) for ~2^28 cycles after each call and
 // GOMP's spin briefly after each parallel region; either steals a core from whatever runs next.
 // So every OpenBLAS timing is followed by a 150 ms pause and every one of ours by 20 ms, and the
 // machine limits are measured after a pause, before any OpenBLAS call.
-// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm|train|train-small|train-medium|batch]
+// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm|train|train-small|train-medium|batch|small]
 //                     [--threads N]
 #include <cblas.h>
 
@@ -97,7 +99,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json] [--reps N] [--isa avx512|avx2|scalar] "
-                   "[--only matvec|matmul|gemm|train|train-small|train-medium|batch] [--threads N]\n",
+                   "[--only matvec|matmul|gemm|train|train-small|train-medium|batch|small] [--threads N]\n",
                    argv[0]);
       return 2;
     }
@@ -499,6 +501,114 @@ int main(int argc, char** argv) {
       for (void* p : ws) std::free(p);
     }
     out["batch"] = rows;
+  }
+
+  if (only == "small") {
+    // Small-M products on the demo model's shapes (C = 256, q 256, k/v 128, F = 704, V = 4096;
+    // all weights together 16 MiB F32, L3-resident as in serving): per shape and M, the raw
+    // weight (matmul) and the pre-packed one (matmul_packed), F32 and BF16, GFLOP/s and µs per
+    // call (medians of reps timings of enough calls for ~2 ms each); then one pass over every
+    // linear of the model (4 layers of q, k, v, o, gate, up, down + lm_head), as a decode step.
+    struct Lin {
+      int64_t N, K;
+      const char* what;
+    };
+    const Lin shapes[] = {{256, 256, "q/o"},     {128, 256, "k/v"},  {512, 256, "qkv"},
+                          {704, 256, "gate/up"}, {256, 704, "down"}, {4096, 256, "lm_head"}};
+    const int64_t Ms[] = {1, 2, 4, 8, 16, 32, 48};
+    if (!json)
+      std::printf("\nsmall M on the demo model's shapes: GFLOP/s (µs per call), medians of %d\n"
+                  "%-8s %5s %5s %-5s %4s %16s %16s\n",
+                  reps, "shape", "N", "K", "dtype", "M", "raw", "packed");
+    nlohmann::json rows = nlohmann::json::array();
+    const std::vector<float> X = randn(size_t(64 * 704), 11);
+    std::vector<float> Y(size_t(64 * 4096));
+    auto time_calls = [&](auto&& fn, double flops) {
+      const int inner = int(std::max(4.0, 2e-3 * 50e9 / flops));
+      fn();
+      std::vector<double> t;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = now_s();
+        for (int i = 0; i < inner; ++i) fn();
+        t.push_back((now_s() - t0) / inner);
+      }
+      return median(t);
+    };
+    for (const Lin& l : shapes)
+      for (DType wt : {DType::F32, DType::BF16}) {
+        const std::vector<float> Wf = randn(size_t(l.N * l.K), 12);
+        std::vector<uint16_t> Wb(size_t(l.N * l.K));
+        qwen::convert_from_f32(Wf.data(), DType::BF16, Wb.data(), Wf.size());
+        const void* W = wt == DType::F32 ? static_cast<const void*>(Wf.data()) : Wb.data();
+        const auto P = qwen::ops::pack_weight(W, wt, l.N, l.K, isa);
+        for (int64_t M : Ms) {
+          const double flops = 2.0 * M * l.N * l.K;
+          const double tr = time_calls(
+              [&] { qwen::ops::matmul_isa(isa, X.data(), W, wt, Y.data(), M, l.N, l.K); }, flops);
+          const double tp =
+              time_calls([&] { qwen::ops::matmul_packed(X.data(), *P, Y.data(), M); }, flops);
+          rows.push_back({{"shape", l.what}, {"N", l.N}, {"K", l.K}, {"dtype", dname(wt)},
+                          {"M", M}, {"raw_us", tr * 1e6}, {"packed_us", tp * 1e6},
+                          {"raw_gflops", flops / tr * 1e-9}, {"packed_gflops", flops / tp * 1e-9}});
+          if (!json)
+            std::printf("%-8s %5lld %5lld %-5s %4lld %7.1f (%6.1f) %7.1f (%6.1f)\n", l.what,
+                        (long long)l.N, (long long)l.K, dname(wt), (long long)M,
+                        flops / tr * 1e-9, tr * 1e6, flops / tp * 1e-9, tp * 1e6);
+        }
+      }
+    out["small"] = rows;
+    // Whole-model passes.
+    std::vector<Lin> lins;
+    for (int layer = 0; layer < 4; ++layer)
+      for (Lin x : {Lin{256, 256, ""}, Lin{128, 256, ""}, Lin{128, 256, ""}, Lin{256, 256, ""},
+                    Lin{704, 256, ""}, Lin{704, 256, ""}, Lin{256, 704, ""}})
+        lins.push_back(x);
+    lins.push_back({4096, 256, ""});
+    double macs = 0;
+    for (const Lin& l : lins) macs += double(l.N * l.K);
+    if (!json)
+      std::printf("\none pass over all linears of the demo model (%zu products), µs per pass and "
+                  "GFLOP/s\n%-5s %4s %16s %16s\n", lins.size(), "dtype", "M", "raw", "packed");
+    nlohmann::json passes = nlohmann::json::array();
+    for (DType wt : {DType::F32, DType::BF16}) {
+      std::vector<std::vector<uint16_t>> wb;
+      std::vector<std::vector<float>> wf;
+      std::vector<const void*> ws;
+      std::vector<std::shared_ptr<const qwen::ops::PackedWeight>> pws;
+      for (size_t i = 0; i < lins.size(); ++i) {
+        wf.push_back(randn(size_t(lins[i].N * lins[i].K), uint32_t(20 + i)));
+        if (wt == DType::BF16) {
+          wb.emplace_back(wf.back().size());
+          qwen::convert_from_f32(wf.back().data(), wt, wb.back().data(), wf.back().size());
+          ws.push_back(wb.back().data());
+        } else {
+          ws.push_back(wf.back().data());
+        }
+      }
+      for (size_t i = 0; i < lins.size(); ++i)
+        pws.push_back(qwen::ops::pack_weight(ws[i], wt, lins[i].N, lins[i].K, isa));
+      for (int64_t M : Ms) {
+        const double flops = 2.0 * macs * double(M);
+        const double tr = time_calls(
+            [&] {
+              for (size_t i = 0; i < lins.size(); ++i)
+                qwen::ops::matmul_isa(isa, X.data(), ws[i], wt, Y.data(), M, lins[i].N, lins[i].K);
+            },
+            flops);
+        const double tp = time_calls(
+            [&] {
+              for (size_t i = 0; i < lins.size(); ++i)
+                qwen::ops::matmul_packed(X.data(), *pws[i], Y.data(), M);
+            },
+            flops);
+        passes.push_back({{"dtype", dname(wt)}, {"M", M}, {"raw_us", tr * 1e6},
+                          {"packed_us", tp * 1e6}});
+        if (!json)
+          std::printf("%-5s %4lld %7.1f (%6.1f) %7.1f (%6.1f)\n", dname(wt), (long long)M,
+                      flops / tr * 1e-9, tr * 1e6, flops / tp * 1e-9, tp * 1e6);
+      }
+    }
+    out["small_pass"] = passes;
   }
 
   if (json) std::printf("%s\n", out.dump().c_str());

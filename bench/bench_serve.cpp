@@ -15,6 +15,11 @@
 //   bench_serve --qwen build/bin/qwen --model DIR [--levels 1,4,16,64] [--prompt-tokens 64]
 //               [--max-tokens 64] [--requests 2] [--server-args "--max-running 64"]
 //   bench_serve --qwen build/bin/qwen --model DIR --load-test 180
+//
+// --steps 1,2,16,48 [--reps 3] [--step-reps 200]: no server; the model is loaded in this process
+// and a decoder step of R one-token decodes at position 64 on the paged cache is timed (p50 and
+// p10 of all steps), with raw weights and with pre-packed ones (EngineConfig::prepack_weights),
+// interleaved rep by rep. (A lone stream with raw weights runs 2 rows: the companion row.)
 #include <fcntl.h>
 #include <httplib.h>
 #include <poll.h>
@@ -37,12 +42,68 @@
 #include <thread>
 #include <vector>
 
+#include <omp.h>
+
+#include <numeric>
+
+#include "model/decoder.h"
+#include "model/model.h"
+#include "serve/engine.h"
+#include "serve/paged_cache.h"
+
 namespace {
 
 using json = nlohmann::json;
+
+
 using Clock = std::chrono::steady_clock;
 
 double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// --steps: decoder steps on the paged cache, raw vs pre-packed weights (see the top).
+int run_steps(const std::string& dir, const std::vector<int64_t>& rows, int reps, int step_reps) {
+  using namespace qwen;
+  auto m = Model::load(dir);
+  const ModelConfig& c = m->config();
+  std::printf("# in-process, model %s (%lld layers, hidden %lld, vocab %lld, %s), %d threads\n",
+              dir.c_str(), (long long)c.num_hidden_layers, (long long)c.hidden_size,
+              (long long)c.vocab_size, dtype_name(m->matrix_dtype()), omp_get_max_threads());
+  const int64_t max_rows = *std::max_element(rows.begin(), rows.end());
+  const int32_t per = 8;  // blocks of 16 per sequence: 128 positions
+  std::vector<int32_t> table(size_t(max_rows * per));
+  std::iota(table.begin(), table.end(), 0);
+  std::vector<int32_t> toks(size_t(max_rows), 7);
+  std::vector<float> logits(size_t(max_rows * c.vocab_size));
+  std::printf("| step rows | raw p50 ms | raw p10 ms | packed p50 ms | packed p10 ms |\n|---|---|---|---|---|\n");
+  for (int64_t R : rows) {
+    std::vector<double> t[2];
+    for (int r = 0; r < reps; ++r)
+      for (int packed = 0; packed < 2; ++packed) {
+        serve::EngineConfig ec;  // only for its packing: the engine is not started
+        ec.prepack_weights = packed == 1;
+        ec.max_running = 1;
+        ec.n_blocks = 1;
+        serve::Engine holder(*m, nullptr, ec);
+        serve::PagedKvCache cache(c, int32_t(max_rows * per), 16, max_rows);
+        Decoder dec(*m, max_rows);
+        std::vector<SeqChunk> ch;
+        for (int64_t i = 0; i < R; ++i) ch.push_back(SeqChunk{i, 1, &toks[size_t(i)]});
+        for (int s = 0; s < step_reps + 5; ++s) {
+          for (int64_t i = 0; i < R; ++i) cache.bind(i, table.data() + i * per, per, 64);
+          const auto t0 = Clock::now();
+          dec.forward(cache, ch.data(), ch.size(), LogitsMode::kLast, logits.data());
+          if (s >= 5) t[packed].push_back(secs(t0, Clock::now()));
+        }
+      }
+    auto pct = [](std::vector<double> v, double q) {
+      std::sort(v.begin(), v.end());
+      return v[size_t(q * double(v.size() - 1))] * 1e3;
+    };
+    std::printf("| %lld | %.3f | %.3f | %.3f | %.3f |\n", (long long)R, pct(t[0], 0.5),
+                pct(t[0], 0.1), pct(t[1], 0.5), pct(t[1], 0.1));
+  }
+  return 0;
+}
 
 struct Options {
   std::string qwen = "build/bin/qwen", model, server_args, levels = "1,4,16,64";
@@ -253,6 +314,8 @@ void run_level(const Options& o, int port, int C, int64_t per_client, Clock::tim
 
 int main(int argc, char** argv) {
   Options o;
+  std::string steps;
+  int step_reps = 200, reps = 3;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -271,9 +334,32 @@ int main(int argc, char** argv) {
     else if (a == "--max-tokens") o.max_tokens = std::stoll(next());
     else if (a == "--requests") o.requests = std::stoll(next());
     else if (a == "--load-test") o.load_test = std::stod(next());
+    else if (a == "--steps") steps = next();
+    else if (a == "--step-reps") step_reps = std::stoi(next());
+    else if (a == "--reps") reps = std::stoi(next());
     else {
       std::fprintf(stderr, "unknown argument %s (see the comment at the top of bench/bench_serve.cpp)\n", a.c_str());
       return 2;
+    }
+  }
+  if (!steps.empty()) {
+    if (o.model.empty()) {
+      std::fprintf(stderr, "--steps needs --model DIR\n");
+      return 2;
+    }
+    std::vector<int64_t> rows;
+    std::stringstream ss(steps);
+    for (std::string item; std::getline(ss, item, ',');) rows.push_back(std::stoll(item));
+    if (rows.empty() || *std::min_element(rows.begin(), rows.end()) < 1 || reps < 1 ||
+        step_reps < 1) {
+      std::fprintf(stderr, "--steps wants row counts >= 1, --reps and --step-reps >= 1\n");
+      return 2;
+    }
+    try {
+      return run_steps(o.model, rows, reps, step_reps);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_serve: %s\n", e.what());
+      return 1;
     }
   }
   if (o.model.empty() && o.port == 0) {

@@ -19,6 +19,8 @@
 
 #include "model/decoder.h"
 #include "model/model.h"
+#include "ops/matmul.h"
+#include "ops/quant.h"
 #include "qwen/tokenizer.h"
 #include "serve/engine.h"
 #include "serve/paged_cache.h"
@@ -153,8 +155,12 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
       {"seeded sampling", 16, 40, 0, true, DType::F32},
       {"greedy, BF16 weights", 8, 512, 0, false, DType::BF16},
   };
+  // Both ways to batch invariance: pre-packed weights (a packed 1-row product rounds as a batched
+  // one, no companion row) and raw weights with the companion row.
+  for (const bool prepack : {true, false})
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.what);
+    SCOPED_TRACE(prepack ? "pre-packed weights" : "raw weights, companion row");
     auto m = Model::random(small_config(384, 4, 2), 42, tc.dtype);
     std::vector<Tokens> prompts = random_prompts(8, 384, 7, 3, 45);
     std::vector<GenerationRequest> reqs;
@@ -175,8 +181,10 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
     ec.max_step_tokens = tc.step_tokens;
     ec.max_running = 8;
     if (tc.n_blocks) ec.n_blocks = tc.n_blocks;
+    ec.prepack_weights = prepack;
     const std::vector<RequestOutput> alone = run_alone(*m, ec, reqs);
     Engine crowd(*m, nullptr, ec);
+    EXPECT_EQ(crowd.uses_companion_row(), !prepack);
     const std::vector<RequestOutput> together = run_crowd(crowd, reqs);
     for (size_t i = 0; i < reqs.size(); ++i) {
       ASSERT_EQ(int64_t(alone[i].tokens.size()), reqs[i].max_tokens);
@@ -193,6 +201,67 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
     // The outputs are not trivial: requests differ from each other.
     EXPECT_NE(together[0].tokens, together[1].tokens);
   }
+}
+
+// prepack_weights files every projection and the (tied) LM head with the matmul registry while
+// the engine lives, and releases them with it; quantised weights, LoRA and mHC keep the
+// companion row, as does prepack_weights = false.
+TEST(ServeEngine, PrepackedWeightsLiveAsLongAsTheEngine) {
+  ModelConfig c = small_config(384, 4, 2);
+  c.tie_word_embeddings = true;
+  auto m = Model::random(c, 9, DType::BF16);
+  const Linear& q0 = m->layers()[0].q;
+  const Linear& head = m->lm_head();
+  ASSERT_EQ(head.w, m->embed());
+  ASSERT_EQ(ops::find_prepacked_weight(q0.w, q0.dtype, q0.n_out, q0.n_in), nullptr);
+  {
+    EngineConfig ec;
+    ec.max_running = 4;
+    ec.prepack_weights = true;
+    Engine e(*m, nullptr, ec);
+    EXPECT_EQ(e.n_packed_weights(), 7 * c.num_hidden_layers + 1);
+    EXPECT_FALSE(e.uses_companion_row());
+    size_t raw = 0;
+    for (const LayerWeights& L : m->layers())
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) raw += l->bytes();
+    raw += head.bytes();
+    EXPECT_GE(e.packed_weight_bytes(), raw);
+    EXPECT_LT(e.packed_weight_bytes(), raw + raw / 2);  // panel padding only
+    EXPECT_NE(ops::find_prepacked_weight(q0.w, q0.dtype, q0.n_out, q0.n_in), nullptr);
+    EXPECT_NE(ops::find_prepacked_weight(head.w, head.dtype, head.n_out, head.n_in), nullptr);
+    {
+      Engine e2(*m, nullptr, ec);  // a second engine on the same model shares the filings
+      EXPECT_EQ(e2.n_packed_weights(), e.n_packed_weights());
+    }
+    EXPECT_NE(ops::find_prepacked_weight(q0.w, q0.dtype, q0.n_out, q0.n_in), nullptr);
+    ec.prepack_weights = false;
+    Engine raw_engine(*m, nullptr, ec);
+    EXPECT_EQ(raw_engine.n_packed_weights(), 0);
+    EXPECT_TRUE(raw_engine.uses_companion_row());
+    ec.batch_invariant = false;
+    EXPECT_FALSE(Engine(*m, nullptr, ec).uses_companion_row());
+  }
+  EXPECT_EQ(ops::find_prepacked_weight(q0.w, q0.dtype, q0.n_out, q0.n_in), nullptr);
+  EXPECT_EQ(ops::find_prepacked_weight(head.w, head.dtype, head.n_out, head.n_in), nullptr);
+  // A quantised weight is not packed, so the companion row stays.
+  std::shared_ptr<Model> base = Model::random(small_config(384, 4, 2), 9);
+  std::vector<LayerWeights> layers = base->layers();
+  Linear& d = layers[0].down;
+  auto qbuf = std::make_shared<std::vector<uint8_t>>(size_t(d.n_out) *
+                                                     dtype_row_bytes(DType::Q8_0, d.n_in));
+  ops::quantize_matrix(DType::Q8_0, static_cast<const float*>(d.w), qbuf->data(), d.n_out,
+                       d.n_in);
+  d.w = qbuf->data();
+  d.dtype = DType::Q8_0;
+  auto keep = std::make_shared<std::pair<std::shared_ptr<Model>, decltype(qbuf)>>(base, qbuf);
+  auto mq = Model::from_weights(base->config(), keep, base->embed(), base->embed_dtype(),
+                                base->final_norm(), base->lm_head(), layers);
+  EngineConfig ec;
+  ec.max_running = 4;
+  ec.prepack_weights = true;
+  Engine eq(*mq, nullptr, ec);
+  EXPECT_EQ(eq.n_packed_weights(), 7 * 2);
+  EXPECT_TRUE(eq.uses_companion_row());
 }
 
 TEST(ServeEngine, PrefixCacheReusesBlocksAndKeepsOutput) {

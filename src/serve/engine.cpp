@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "ops/matmul.h"
+
 namespace qwen::serve {
 
 using Clock = std::chrono::steady_clock;
@@ -198,10 +200,46 @@ Engine::Engine(const Model& m, const Tokenizer* tok, const EngineConfig& cfg)
   sampled_.reserve(n_rows);
   logprob_.reserve(n_rows);
   text_.reserve(256);
+  prepack();
   publish_state();
 }
 
-Engine::~Engine() { stop(false); }
+// Files the weights of every matrix product with ops::prepack_weight (prepack_weights) and
+// decides whether lone steps need the companion row: not when every product of the forward is
+// on a packed weight, since a packed 1-row product sums exactly as a batched one.
+void Engine::prepack() {
+  bool all_packed = cfg_.prepack_weights && !m_.config().use_mhc;
+  auto file = [&](const Linear& l) {
+    const bool packable = cfg_.prepack_weights && !dtype_is_quantized(l.dtype);
+    if (packable && std::find(packed_.begin(), packed_.end(), l.w) == packed_.end()) {
+      ops::prepack_weight(l.w, l.dtype, l.n_out, l.n_in);
+      packed_.push_back(l.w);
+      packed_bytes_ += ops::packed_weight_bytes(
+          *ops::find_prepacked_weight(l.w, l.dtype, l.n_out, l.n_in));
+    }
+    if (!packable || l.lora) all_packed = false;
+  };
+  try {
+    for (const LayerWeights& L : m_.layers())
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) file(*l);
+    file(m_.lm_head());
+  } catch (...) {
+    release_packed();
+    throw;
+  }
+  companion_ = cfg_.batch_invariant && !all_packed;
+}
+
+void Engine::release_packed() {
+  for (const void* w : packed_) ops::release_prepacked_weight(w);
+  packed_.clear();
+  packed_bytes_ = 0;
+}
+
+Engine::~Engine() {
+  stop(false);
+  release_packed();
+}
 
 void Engine::start() {
   if (started_) return;
@@ -421,7 +459,7 @@ void Engine::step_once() {
     cache_.bind(c.slot, r->blocks.data(), int64_t(r->blocks.size()), c.pos0);
     chunks_.push_back(SeqChunk{c.slot, c.n_tokens, r->tokens.data() + c.pos0});
   }
-  if (cfg_.batch_invariant && chunks_.size() == 1) {
+  if (companion_ && chunks_.size() == 1) {
     const int64_t spare_slot = cfg_.max_running;
     cache_.bind(spare_slot, &spare_block_, 1, 0);
     chunks_.push_back(SeqChunk{spare_slot, 1, &spare_token_});

@@ -44,11 +44,19 @@ struct EngineConfig {
   size_t kv_cache_bytes = size_t(512) << 20;
   int64_t max_model_len = 0;      // tokens per sequence; 0: the model's max_position_embeddings
   bool prefix_caching = true;
-  // Never let a step run a single sequence alone: it then gets a 1-token companion on a spare
-  // slot, so every matrix multiply has at least 2 rows and takes the same kernel path as in a
-  // crowd (a 1-row product goes to a matrix-vector kernel that rounds differently). This makes
-  // a request's output bit-identical alone or batched, for one extra row per lone step.
+  // A request's output is bit-identical alone or batched. On packed weights (prepack_weights)
+  // that holds by itself; otherwise a step never runs a single sequence alone: it then gets a
+  // 1-token companion on a spare slot, so every matrix multiply has at least 2 rows and takes
+  // the same kernel path as in a crowd (an unpacked 1-row product goes to a matrix-vector kernel
+  // that rounds differently), for one extra row per lone step. false: no companion either way.
   bool batch_invariant = true;
+  // Pack every float projection weight and the LM head once into the GEMM kernel's panel layout
+  // (ops::prepack_weight; released when the engine is destroyed), so a step's products read the
+  // weights as linear streams without per-call repacking. Costs about the weights' bytes again.
+  // The weights must not change while the engine lives. On packed weights a 1-row product rounds
+  // exactly as a batched one (ops/matmul.h), so when every product of the forward is on a packed
+  // weight (float weights, no LoRA, no mHC) batch_invariant needs no companion row.
+  bool prepack_weights = false;
 };
 
 // A full queue (HTTP 429).
@@ -153,6 +161,11 @@ class Engine {
   int64_t kv_blocks_used() const { return metrics_.kv_blocks_used(); }
   // Engine-thread counters (read them when the engine is not running, e.g. in tests).
   int64_t n_preemptions() const { return sched_.n_preemptions(); }
+  // Weights packed by this engine (prepack_weights) and their packed bytes; whether a lone
+  // sequence runs with the companion row.
+  int64_t n_packed_weights() const { return int64_t(packed_.size()); }
+  size_t packed_weight_bytes() const { return packed_bytes_; }
+  bool uses_companion_row() const { return companion_; }
 
  private:
   struct Active;
@@ -165,6 +178,8 @@ class Engine {
   // The bookkeeping of a finished request (metrics, active count); its output is pushed already.
   void on_finished(Active& a, FinishReason reason);
   void publish_state();
+  void prepack();
+  void release_packed();
 
   const Model& m_;
   const Tokenizer* tok_;
@@ -176,6 +191,9 @@ class Engine {
   std::vector<Sampler> samplers_;  // one per OpenMP thread
   int n_threads_ = 1;              // the creating thread's OpenMP thread count (--threads)
   std::vector<float> logits_;      // (max_running + 1, V)
+  std::vector<const void*> packed_;  // weights this engine filed with ops::prepack_weight
+  size_t packed_bytes_ = 0;
+  bool companion_ = false;         // lone steps get the companion row (see batch_invariant)
   int32_t spare_block_ = 0;        // the companion row's block (past the scheduler's blocks)
   int32_t spare_token_ = 0;
   std::vector<int32_t> stop_default_;
