@@ -43,7 +43,7 @@ struct ServeArgs {
           max_model_len = 0, prefill_per_step = 32;
   int32_t block_size = 16;
   double grace_s = 10.0;
-  bool no_prefix_cache = false, no_batch_invariance = false;
+  bool no_prefix_cache = false, no_batch_invariance = false, no_prepack = false;
 };
 
 // "512M", "2GiB", "1.5G", "65536" -> bytes (K, M, G, T are binary multiples).
@@ -103,6 +103,7 @@ void cmd_serve(const ServeArgs& a) {
   ec.max_model_len = a.max_model_len;
   ec.prefix_caching = !a.no_prefix_cache;
   ec.batch_invariant = !a.no_batch_invariance;
+  ec.prepack_weights = !a.no_prepack;
   if (a.kv_tokens > 0) ec.kv_cache_tokens = a.kv_tokens;
   else if (!a.kv_mem.empty()) ec.kv_cache_bytes = parse_size(a.kv_mem);
 
@@ -190,6 +191,9 @@ void add_serve_commands(CLI::App& app) {
   c->add_flag("--no-batch-invariance", a->no_batch_invariance,
               "let a lone sequence use the 1-row kernels (faster alone, but its output may differ "
               "in the last bits from the same request in a batch)");
+  c->add_flag("--no-prepack", a->no_prepack,
+              "do not keep a packed copy of the weights (saves about the weights' size in memory; "
+              "decode steps get slower)");
   c->callback([a] { cmd_serve(*a); });
 }
 

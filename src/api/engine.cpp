@@ -48,6 +48,7 @@ serve::EngineConfig engine_config(const EngineConfig& c) {
   e.max_model_len = c.max_model_len;
   e.prefix_caching = c.prefix_caching;
   e.batch_invariant = c.batch_invariant;
+  e.prepack_weights = c.prepack_weights;
   return e;
 }
 
@@ -109,6 +110,7 @@ EngineConfig Engine::config() const {
   c.max_model_len = impl_->engine->max_model_len();
   c.prefix_caching = e.prefix_caching;
   c.batch_invariant = e.batch_invariant;
+  c.prepack_weights = e.prepack_weights;
   return c;
 }
 

@@ -185,7 +185,10 @@ int panel_width(KernelIsa isa) {
 template <class E>
 void pack_panels(const E* W, int64_t N, int64_t K, int nr, E* dst) {
   const int64_t n_panels = (N + nr - 1) / nr;
-#pragma omp parallel for schedule(static) if (N * K >= detail::kParallelMinMacs)
+  // Serial on purpose: packing runs once, on whichever thread builds the model or the serving
+  // engine. An OpenMP team opened there would stay alive beside the engine thread's team (4
+  // managed threads on 2 cores), and libgomp then sends idle workers to sleep after every
+  // parallel region instead of spinning: served decode measured 2-3x slower that way.
   for (int64_t j = 0; j < n_panels; ++j) {
     E* d = dst + j * K * nr;
     const int64_t rows = std::min<int64_t>(nr, N - j * nr);

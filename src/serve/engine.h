@@ -56,7 +56,7 @@ struct EngineConfig {
   // The weights must not change while the engine lives. On packed weights a 1-row product rounds
   // exactly as a batched one (ops/matmul.h), so when every product of the forward is on a packed
   // weight (float weights, no LoRA, no mHC) batch_invariant needs no companion row.
-  bool prepack_weights = false;
+  bool prepack_weights = true;
 };
 
 // A full queue (HTTP 429).
