@@ -19,7 +19,8 @@
 // --steps 1,2,16,48 [--reps 3] [--step-reps 200]: no server; the model is loaded in this process
 // and a decoder step of R one-token decodes at position 64 on the paged cache is timed (p50 and
 // p10 of all steps), with raw weights and with pre-packed ones (EngineConfig::prepack_weights),
-// interleaved rep by rep. (A lone stream with raw weights runs 2 rows: the companion row.)
+// interleaved rep by rep; --packed-only: packed alone (e.g. under perf). (A lone stream with raw
+// weights runs 2 rows: the companion row.)
 #include <fcntl.h>
 #include <httplib.h>
 #include <poll.h>
@@ -61,7 +62,8 @@ using Clock = std::chrono::steady_clock;
 double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
 // --steps: decoder steps on the paged cache, raw vs pre-packed weights (see the top).
-int run_steps(const std::string& dir, const std::vector<int64_t>& rows, int reps, int step_reps) {
+int run_steps(const std::string& dir, const std::vector<int64_t>& rows, int reps, int step_reps,
+              bool packed_only) {
   using namespace qwen;
   auto m = Model::load(dir);
   const ModelConfig& c = m->config();
@@ -78,7 +80,7 @@ int run_steps(const std::string& dir, const std::vector<int64_t>& rows, int reps
   for (int64_t R : rows) {
     std::vector<double> t[2];
     for (int r = 0; r < reps; ++r)
-      for (int packed = 0; packed < 2; ++packed) {
+      for (int packed = packed_only ? 1 : 0; packed < 2; ++packed) {
         serve::EngineConfig ec;  // only for its packing: the engine is not started
         ec.prepack_weights = packed == 1;
         ec.max_running = 1;
@@ -99,6 +101,7 @@ int run_steps(const std::string& dir, const std::vector<int64_t>& rows, int reps
       std::sort(v.begin(), v.end());
       return v[size_t(q * double(v.size() - 1))] * 1e3;
     };
+    if (packed_only) t[0] = {0.0};
     std::printf("| %lld | %.3f | %.3f | %.3f | %.3f |\n", (long long)R, pct(t[0], 0.5),
                 pct(t[0], 0.1), pct(t[1], 0.5), pct(t[1], 0.1));
   }
@@ -315,6 +318,7 @@ void run_level(const Options& o, int port, int C, int64_t per_client, Clock::tim
 int main(int argc, char** argv) {
   Options o;
   std::string steps;
+  bool packed_only = false;
   int step_reps = 200, reps = 3;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -335,6 +339,7 @@ int main(int argc, char** argv) {
     else if (a == "--requests") o.requests = std::stoll(next());
     else if (a == "--load-test") o.load_test = std::stod(next());
     else if (a == "--steps") steps = next();
+    else if (a == "--packed-only") packed_only = true;
     else if (a == "--step-reps") step_reps = std::stoi(next());
     else if (a == "--reps") reps = std::stoi(next());
     else {
@@ -356,7 +361,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     try {
-      return run_steps(o.model, rows, reps, step_reps);
+      return run_steps(o.model, rows, reps, step_reps, packed_only);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "bench_serve: %s\n", e.what());
       return 1;

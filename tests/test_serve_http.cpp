@@ -4,6 +4,7 @@
 // batch invariance over HTTP, error statuses and bodies, the API key, a full queue (429 at once),
 // a client that disconnects mid-stream (blocks freed), metrics, and SIGTERM (graceful, exit 0).
 // Every server is started with a time limit and always killed at the end.
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -105,6 +106,7 @@ class Server {
     }
   }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
   std::string stderr_text() const { return qwen_test::read_text(err_path_); }
   httplib::Client client() const {
@@ -395,6 +397,40 @@ TEST_F(ServeHttp, DisconnectFreesBlocks) {
   EXPECT_EQ(running, 0);
   EXPECT_EQ(used, 0);
   EXPECT_EQ(cancelled, cancelled0 + 1);
+}
+
+// Threads of process pid (its /proc/PID/task entries).
+int thread_count(pid_t pid) {
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+  if (!d) return -1;
+  int n = 0;
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.') ++n;
+  closedir(d);
+  return n;
+}
+
+// Every OpenMP region of the server runs on the engine thread: a prompt of 1 MiB or more (which
+// the tokenizer cuts for threads) on an HTTP thread used to give that thread its own libgomp pool,
+// one more thread for the rest of the process's life, and then libgomp slept the engine's idle
+// workers after every region (a lone stream 2-3x slower). The request fails (longer than the
+// context) but must leave the thread count as it was.
+TEST(ServeHttpOpenMp, LongPromptStartsNoSecondOpenMpTeam) {
+  Server s("--max-running 4 --kv-cache-tokens 4096 --http-threads 4");
+  ASSERT_GT(s.port(), 0) << "server did not start: " << s.stderr_text();
+  int status = 0;
+  post(s, "/v1/completions", {{"model", "tiny"}, {"prompt", "Hello there"}, {"max_tokens", 4}},
+       &status);
+  ASSERT_EQ(status, 200);  // the engine's OpenMP team exists now
+  const int before = thread_count(s.pid());
+  ASSERT_GT(before, 0);
+  std::string text;
+  text.reserve(size_t(3) << 20 >> 1);
+  while (text.size() < (size_t(3) << 20 >> 1)) text += "The quick brown fox jumps over a dog. ";
+  const json r = post(s, "/v1/completions", {{"model", "tiny"}, {"prompt", text}, {"max_tokens", 4}},
+                      &status);
+  EXPECT_EQ(status, 400) << r.dump();
+  EXPECT_EQ(thread_count(s.pid()), before) << "a request started OpenMP threads off the engine thread";
 }
 
 TEST(ServeHttpAuth, ApiKeyRequired) {

@@ -10,6 +10,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -83,10 +84,29 @@ void cmd_serve(const ServeArgs& a) {
   signal(SIGPIPE, SIG_IGN);
   if (a.port < 0 || a.port > 65535) throw Error("--port must be in 0 .. 65535");
   set_num_threads(a.threads);
-  Model model = a.dtype.empty() ? Model::load(a.model) : Model::load(a.model, parse_float_dtype(a.dtype));
-  // A LoRA adapter runs unmerged; attached before the engine builds its decoder.
-  if (!a.adapter.empty()) model.load_adapter(a.adapter);
-  const std::optional<Tokenizer> tok = model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
+  // Loading runs on a short-lived thread: an OpenMP region there (a dtype conversion, a
+  // quantised format's unpacking, a future parallel loader) leaves a libgomp thread pool on that
+  // thread only, and libgomp frees it when the thread exits. On the main thread it would stay,
+  // and with more pooled threads than CPUs libgomp puts the engine thread's idle workers to
+  // sleep after every region (every step slower; docs/serving.md). OpenMP's thread count is per
+  // thread, so --threads is applied there too.
+  std::optional<Model> loaded;
+  std::optional<Tokenizer> tok;
+  std::exception_ptr load_error;
+  std::thread([&] {
+    try {
+      set_num_threads(a.threads);
+      loaded.emplace(a.dtype.empty() ? Model::load(a.model)
+                                     : Model::load(a.model, parse_float_dtype(a.dtype)));
+      // A LoRA adapter runs unmerged; attached before the engine builds its decoder.
+      if (!a.adapter.empty()) loaded->load_adapter(a.adapter);
+      tok = model_tokenizer(a.model);  // tokenizer.json, or the GGUF file's own
+    } catch (...) {
+      load_error = std::current_exception();
+    }
+  }).join();
+  if (load_error) std::rethrow_exception(load_error);
+  Model& model = *loaded;
   if (tok) {
     if (tok->vocab_size() > model.config().vocab_size)
       throw Error("the tokenizer in '" + a.model + "' has " + std::to_string(tok->vocab_size()) +

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <omp.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -93,6 +94,14 @@ void HttpServer::Impl::setup() {
   svr.set_write_timeout(30, 0);
 
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // Every OpenMP region of the process runs on the engine thread. One on an HTTP thread (the
+    // tokenizer cuts a text of 1 MiB or more for threads) would give that thread a libgomp
+    // pool of its own that lives as long as the thread; with more pooled threads than CPUs
+    // libgomp stops spinning and puts the engine's idle workers to sleep after every region,
+    // which makes every step slower from then on (a lone stream 2-3x). So these threads run
+    // their OpenMP code on one thread (the setting is per thread; set once per thread).
+    thread_local const bool one_omp_thread = (omp_set_num_threads(1), true);
+    (void)one_omp_thread;
     if (opt.api_key.empty() || req.path.rfind("/v1/", 0) != 0)
       return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
