@@ -9,9 +9,10 @@
 //            bytes read per token (all matrices incl. lm_head), bits per parameter held in memory
 //            and the cap (bytes per token of the first model / of this one).
 // Usage: bench_quant [--reps N] [--threads N] [--only kernels|models]
-//                    [--models DIR[:bf16][:nf4f32][:lmq8],DIR,...] [--gen N]
-//   :bf16 loads the folder as BF16; :nf4f32 decodes NF4 layers with the exact f32 matvec
-//   (ops::nf4_matvec_f32) instead of the registered 16-bit integer one; :lmq8 re-quantises
+//                    [--models DIR[:bf16][:nf4i16][:nf4f32][:lmq8],DIR,...] [--gen N]
+//   :bf16 loads the folder as BF16; :nf4i16 / :nf4f32 decode NF4 layers with the 16-bit integer
+//   matvec (ops::nf4_matvec_i16) / the exact f32 one (ops::nf4_matvec_f32) instead of the
+//   registered 8-bit integer one (ops::nf4_matvec); :lmq8 re-quantises
 //   lm_head to Q8_0 in memory (bench only, clearly labelled in the table).
 //   --ppl FILE: first the perplexity of FILE's text (each model's own tokenizer) through the
 //   decode path and the prefill path, per model (--reps 0: only that).
@@ -77,13 +78,14 @@ void bench_kernels(int reps) {
   struct Shape { int64_t N, K; const char* what; };
   const Shape shapes[] = {{2048, 768, "gate/up (2048x768)"}, {768, 2048, "down (768x2048)"},
                           {768, 768, "q/o (768x768)"}};
-  // The registered kernel of each dtype (NF4: the 16-bit integer matvec), plus NF4's exact f32
-  // kernel (ops::nf4_matvec_f32) as a fifth row, on the NF4 weights.
+  // The registered kernel of each dtype (NF4: the 8-bit integer matvec), plus NF4's 16-bit
+  // integer and exact f32 kernels (ops::nf4_matvec_i16, ops::nf4_matvec_f32) as rows 5 and 6, on
+  // the NF4 weights.
   std::printf("matvec, weights cold (set of copies >= 256 MiB F32-equivalent cycled):\n");
   std::printf("%-20s %8s %10s %10s %12s %10s %10s\n", "shape", "dtype", "us/call", "GB/s", "% roofline",
               "vs BF16", "byte cap");
-  constexpr size_t kRows = 5;
-  const char* names[kRows] = {"f32", "bf16", "q8_0", "nf4", "nf4-f32"};
+  constexpr size_t kRows = 6;
+  const char* names[kRows] = {"f32", "bf16", "q8_0", "nf4", "nf4-i16", "nf4-f32"};
   for (const Shape& s : shapes) {
     const int n_copies = int(std::max<int64_t>(8, (int64_t(256) << 20) / (s.N * s.K * 4)));
     std::vector<WeightSet> sets;
@@ -97,7 +99,8 @@ void bench_kernels(int reps) {
         const double t0 = now_s();
         for (int c = 0; c < n_copies; ++c) {
           const void* w = ws.copies[size_t(c)].data();
-          if (ti == 4) qwen::ops::nf4_matvec_f32(w, x.data(), y.data(), s.N, s.K, false);
+          if (ti == 4) qwen::ops::nf4_matvec_i16(w, x.data(), y.data(), s.N, s.K, false);
+          else if (ti == 5) qwen::ops::nf4_matvec_f32(w, x.data(), y.data(), s.N, s.K, false);
           else qwen::ops::matvec(w, kTypes[ti], x.data(), y.data(), s.N, s.K);
         }
         us[ti].push_back((now_s() - t0) / n_copies * 1e6);
@@ -170,7 +173,7 @@ void lm_head_to_q8_0(qwen::Model& m, std::vector<uint8_t>& buf) {
 }
 
 // Perplexity of ids in windows of ctx tokens (non-overlapping), twice: through the decode path
-// (one token per forward call, so every linear layer is a matvec: the NF4 16-bit integer kernel,
+// (one token per forward call, so every linear layer is a matvec: the NF4 8-bit integer kernel,
 // or the f32 one under :nf4f32) and through the prefill path (the window in one forward call:
 // dequantised panels + f32 GEMM). log-softmax in double.
 struct Ppl {
@@ -218,7 +221,8 @@ void bench_models(const std::string& list, int reps, int64_t gen_len, const std:
     std::string dir, label;
     std::unique_ptr<qwen::Model> m;
     std::vector<double> tok_s;
-    bool nf4_f32 = false, lm_q8 = false;
+    qwen::ops::detail::Nf4Decode nf4 = qwen::ops::detail::Nf4Decode::kInt8;
+    bool lm_q8 = false;
     std::vector<uint8_t> lm_q8_buf;
   };
   std::vector<Entry> es;
@@ -231,12 +235,13 @@ void bench_models(const std::string& list, int reps, int64_t gen_len, const std:
     if (item.empty()) continue;
     Entry e;
     DType dt = DType::BF16;
-    // DIR[:bf16][:nf4f32][:lmq8] (any order after DIR)
+    // DIR[:bf16][:nf4i16][:nf4f32][:lmq8] (any order after DIR)
     bool as_bf16 = false;
     for (size_t c; (c = item.find_last_of(':')) != std::string::npos && c > 0;) {
       const std::string opt = item.substr(c + 1);
       if (opt == "bf16") as_bf16 = true;
-      else if (opt == "nf4f32") e.nf4_f32 = true;
+      else if (opt == "nf4f32") e.nf4 = qwen::ops::detail::Nf4Decode::kF32;
+      else if (opt == "nf4i16") e.nf4 = qwen::ops::detail::Nf4Decode::kInt16;
       else if (opt == "lmq8") e.lm_q8 = true;
       else break;
       item = item.substr(0, c);
@@ -244,7 +249,10 @@ void bench_models(const std::string& list, int reps, int64_t gen_len, const std:
     e.dir = item;
     e.m = qwen::Model::load(e.dir, as_bf16 ? &dt : nullptr);
     e.label = e.dir.substr(e.dir.find_last_of('/') + 1) + (as_bf16 ? " (as bf16)" : "") +
-              (e.nf4_f32 ? " [f32 kernel]" : "") + (e.lm_q8 ? " [lm_head q8_0]" : "");
+              (e.nf4 == qwen::ops::detail::Nf4Decode::kF32     ? " [f32 kernel]"
+               : e.nf4 == qwen::ops::detail::Nf4Decode::kInt16 ? " [i16 kernel]"
+                                                                : "") +
+              (e.lm_q8 ? " [lm_head q8_0]" : "");
     if (e.lm_q8) lm_head_to_q8_0(*e.m, e.lm_q8_buf);
     es.push_back(std::move(e));
   }
@@ -261,9 +269,9 @@ void bench_models(const std::string& list, int reps, int64_t gen_len, const std:
       const auto tok = qwen::Tokenizer::from_dir(e.dir);
       const auto ids = tok.encode(ss.str(), false);
       const int64_t ctx = std::min<int64_t>(512, e.m->config().max_position_embeddings);
-      qwen::ops::detail::nf4_set_decode_f32(e.nf4_f32);
+      qwen::ops::detail::nf4_set_decode(e.nf4);
       const Ppl p = perplexity(*e.m, ids, ctx);
-      qwen::ops::detail::nf4_set_decode_f32(false);
+      qwen::ops::detail::nf4_set_decode(qwen::ops::detail::Nf4Decode::kInt8);
       std::printf("%-36s %8lld %12.4f %12.4f %+9.4f%%\n", e.label.c_str(), (long long)p.tokens, p.decode,
                   p.prefill, 100.0 * (p.decode / p.prefill - 1.0));
     }
@@ -280,9 +288,9 @@ void bench_models(const std::string& list, int reps, int64_t gen_len, const std:
       g.max_new_tokens = gen_len;
       g.sampling.temperature = 0;
       qwen::GenerationStats st;
-      qwen::ops::detail::nf4_set_decode_f32(e.nf4_f32);
+      qwen::ops::detail::nf4_set_decode(e.nf4);
       gen.generate({prompt}, g, nullptr, &st);
-      qwen::ops::detail::nf4_set_decode_f32(false);
+      qwen::ops::detail::nf4_set_decode(qwen::ops::detail::Nf4Decode::kInt8);
       if (r > 0) e.tok_s.push_back(st.decode_tok_s());
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }

@@ -210,23 +210,29 @@ void expect_close_dot(const std::vector<float>& got, const std::vector<float>& r
     ASSERT_NEAR(got[i], ref[i], eps * abs_sum[i] + 1e-30) << what << " at " << i;
 }
 
-// The documented error bound of the 16-bit integer matvec (ops/nf4.h, nf4_matvec) for each row
-// of W against the exact value, computed from the matrix's codes and absmax: table rounding
-// 0.5/8191 of absmax per weight, activation rounding 0.5·s_b·(1 + 2^-6) per element (s_b =
-// max|x_b|/32767), and f32 rounding (nb + 16)·2^-24 of the sum of |products|.
-std::vector<double> act16_bound(const std::vector<uint8_t>& W, const float* x, int64_t N, int64_t K) {
+// The two integer matvecs: nf4_matvec (8-bit, registered) and nf4_matvec_i16 (16-bit).
+enum class IntKernel { k8, k16 };
+
+// The documented error bound of an integer matvec (ops/nf4.h, nf4_matvec) for each row of W
+// against the exact value, computed from the matrix's codes and absmax: table rounding e_w of
+// absmax per weight (8-bit: kNf4CodeU8MaxErr; 16-bit: 0.5/8191), activation rounding
+// 0.5·s_b·(1 + 2^-6) per element (s_b = max|x_b|/127, resp. /32767), and f32 rounding
+// (nb + 16)·2^-24 of the sum of |products|.
+std::vector<double> int_bound(const std::vector<uint8_t>& W, const float* x, int64_t N, int64_t K,
+                              IntKernel kind) {
   const ops::Nf4View v = ops::nf4_view(W.data());
   const int64_t nb = K / 64;
   std::vector<float> am(size_t(N * nb));
   ops::nf4_block_absmax(v, 0, N * nb, am.data());
-  const double ew = 0.5 / 8191.0;
+  const double ew = kind == IntKernel::k8 ? ops::kNf4CodeU8MaxErr : 0.5 / 8191.0;
+  const double levels = kind == IntKernel::k8 ? 127.0 : 32767.0;
   std::vector<double> bound(size_t(N), 0.0);
   for (int64_t n = 0; n < N; ++n) {
     double q = 0, mag = 0;
     for (int64_t b = 0; b < nb; ++b) {
       double xmax = 0;
       for (int j = 0; j < 64; ++j) xmax = std::max(xmax, std::fabs(double(x[b * 64 + j])));
-      const double ex = 0.5 * xmax / 32767.0 * (1.0 + 1.0 / 64.0);
+      const double ex = 0.5 * xmax / levels * (1.0 + 1.0 / 64.0);
       const double a = am[size_t(n * nb + b)];
       for (int j = 0; j < 64; ++j) {
         const uint8_t byte = v.codes[(n * nb + b) * 32 + j / 2];
@@ -241,15 +247,15 @@ std::vector<double> act16_bound(const std::vector<uint8_t>& W, const float* x, i
   return bound;
 }
 
-// got = run(y, acc) against ref (nf4_matvec_ref, which adds y0 when y0 != 0) within the int16
-// bound plus the reference's own f32 summation bound, (K + 4)·6e-8 of Σ|products| (+ |y0|).
+// got = run(y, acc) against ref (nf4_matvec_ref, which adds y0 when y0 != 0) within the integer
+// kernel's bound plus the reference's own f32 summation bound, (K + 4)·6e-8 of Σ|products| (+ |y0|).
 template <class Run>
-void expect_act16_close(const std::vector<uint8_t>& W, const float* x, std::vector<float>& got,
-                        const std::vector<float>& ref, int64_t N, int64_t K, double y0, Run run,
-                        const char* what) {
+void expect_int_close(IntKernel kind, const std::vector<uint8_t>& W, const float* x, std::vector<float>& got,
+                      const std::vector<float>& ref, int64_t N, int64_t K, double y0, Run run,
+                      const char* what) {
   got.assign(size_t(N), -7.0f);
   run(got.data(), y0 != 0.0);
-  const std::vector<double> b = act16_bound(W, x, N, K);
+  const std::vector<double> b = int_bound(W, x, N, K, kind);
   std::vector<float> wf(size_t(N * K));
   ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);
   for (int64_t n = 0; n < N; ++n) {
@@ -261,6 +267,21 @@ void expect_act16_close(const std::vector<uint8_t>& W, const float* x, std::vect
 }
 
 }  // namespace
+
+TEST(Nf4Kernels, Int8CodeTableIsTheRoundedNf4Table) {
+  double worst = 0;
+  for (int c = 0; c < 16; ++c) {
+    EXPECT_EQ(int(ops::kNf4CodeU8[size_t(c)]), int(std::lround(double(ops::kNf4Code[c]) * 64.0)) + 64) << c;
+    const double err = std::fabs((ops::kNf4CodeU8[size_t(c)] - 64.0) / 64.0 - ops::kNf4Code[c]);
+    EXPECT_LE(err, ops::kNf4CodeU8MaxErr) << c;
+    worst = std::max(worst, err);
+  }
+  // The documented e_w is the table's actual worst case, not a loose constant.
+  EXPECT_GE(worst, ops::kNf4CodeU8MaxErr - 1e-6);
+  EXPECT_EQ(ops::kNf4CodeU8[0], 0);
+  EXPECT_EQ(ops::kNf4CodeU8[7], 64);
+  EXPECT_EQ(ops::kNf4CodeU8[15], 128);
+}
 
 TEST(Nf4Kernels, Int16CodeTableIsTheRoundedNf4Table) {
   for (int c = 0; c < 16; ++c) {
@@ -301,22 +322,31 @@ TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
               abs_sum[size_t(m * N + n)] += std::fabs(double(X[size_t(m * K + k)]) * wf[size_t(n * K + k)]);
         std::vector<float> ref(size_t(M * N)), got(size_t(M * N));
         ops::nf4_matmul_ref(X.data(), W.data(), ref.data(), M, N, K, false);
-        if (M == 1) {  // decode: nf4_matmul and ops::matmul run the 16-bit integer matvec
-          expect_act16_close(W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
+        if (M == 1) {  // decode: nf4_matmul and ops::matmul run the 8-bit integer matvec
+          const IntKernel k8 = IntKernel::k8;
+          expect_int_close(k8, W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
             ops::nf4_matvec(W.data(), X.data(), y, N, K, acc);
           }, "matvec");
-          expect_act16_close(W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool) {
+          expect_int_close(k8, W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool) {
             ops::nf4_matmul(X.data(), W.data(), y, 1, N, K, false);
           }, "matmul M=1");
-          expect_act16_close(W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool) {
+          expect_int_close(k8, W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool) {
             ops::matmul(X.data(), W.data(), DType::NF4, y, 1, N, K);
           }, "ops::matmul M=1");
           std::vector<float> ref_acc(size_t(N), 1.5f);
           ops::nf4_matvec_ref(W.data(), X.data(), ref_acc.data(), N, K, true);
-          expect_act16_close(W, X.data(), got, ref_acc, N, K, 1.5, [&](float* y, bool acc) {
+          expect_int_close(k8, W, X.data(), got, ref_acc, N, K, 1.5, [&](float* y, bool acc) {
             std::fill(y, y + N, 1.5f);
             ops::nf4_matvec(W.data(), X.data(), y, N, K, acc);
           }, "matvec acc");
+          // The 16-bit integer kernel (named alternative), within its own (tighter) bound.
+          expect_int_close(IntKernel::k16, W, X.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
+            ops::nf4_matvec_i16(W.data(), X.data(), y, N, K, acc);
+          }, "matvec_i16");
+          expect_int_close(IntKernel::k16, W, X.data(), got, ref_acc, N, K, 1.5, [&](float* y, bool acc) {
+            std::fill(y, y + N, 1.5f);
+            ops::nf4_matvec_i16(W.data(), X.data(), y, N, K, acc);
+          }, "matvec_i16 acc");
         } else {
           ops::nf4_matmul(X.data(), W.data(), got.data(), M, N, K, false);
           expect_close_dot(got, ref, abs_sum, K, "matmul");
@@ -345,12 +375,20 @@ TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
   }
 }
 
-// The int16 matvec's block sums at their extreme: every weight code ±1 (q_w = ±8191) and every
-// activation at ±max|x| (q_x = ±32767) with the signs chosen so that all 64 products of a block
-// have one sign: each i32 lane holds ±8·8191·32767 = ±2,147,155,976, just inside ±2^31. An
-// overflow would be off by 2^32 units (thousands of times the value); the result must be the
-// exact value within the documented bound.
-TEST(Nf4Kernels, Int16MatvecExtremeBlockSumsDoNotOverflow) {
+// Runs f = nf4_matvec (8-bit) or nf4_matvec_i16 (16-bit).
+void int_matvec(IntKernel kind, const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
+  if (kind == IntKernel::k8) ops::nf4_matvec(W, x, y, N, K, acc);
+  else ops::nf4_matvec_i16(W, x, y, N, K, acc);
+}
+
+// The integer matvecs' sums at their extreme: every weight code ±1 and every activation at
+// ±max|x| with the signs chosen so that all 64 products of a block have one sign. 16-bit: q_w =
+// ±8191, q_x = ±32767, each i32 lane holds ±8·8191·32767 = ±2,147,155,976, just inside ±2^31 (an
+// overflow would be off by 2^32 units, thousands of times the value). 8-bit: table bytes 0 and 128,
+// q_x = ±127, so vpmaddubsw pairs reach ±2·128·127 = ±32512, just inside its int16 saturation
+// (±32767; saturating would lose 1/3 of such pairs). The result must be the exact value within the
+// documented bound.
+TEST(Nf4Kernels, IntMatvecExtremeBlockSumsDoNotOverflow) {
   std::mt19937 rng(41);
   const int64_t N = 6, K = 64 * 7;
   std::vector<float> sgn(static_cast<size_t>(K)), x(static_cast<size_t>(K)), w(size_t(N * K));
@@ -368,51 +406,58 @@ TEST(Nf4Kernels, Int16MatvecExtremeBlockSumsDoNotOverflow) {
                                                         v.codes[i] == 0x0F || v.codes[i] == 0xF0);
     std::vector<float> am(size_t(N * K / 64));
     ops::nf4_block_absmax(v, 0, N * K / 64, am.data());
-    std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N));
-    ops::nf4_matvec(W.data(), x.data(), y.data(), N, K, false);
-    ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
-    const std::vector<double> b = act16_bound(W, x.data(), N, K);
-    for (int64_t n = 0; n < N; ++n) {
-      double exact = 0;
-      for (int64_t blk = 0; blk < K / 64; ++blk) exact += double(am[size_t(n * K / 64 + blk)]) * 64.0 * A;
-      if (n >= 3) exact = -exact;
-      EXPECT_NEAR(y[size_t(n)], exact, b[size_t(n)]) << "row " << n;
-      EXPECT_NEAR(ref[size_t(n)], exact, double(K + 4) * 6e-8 * std::fabs(exact)) << "row " << n;
+    for (IntKernel kind : {IntKernel::k8, IntKernel::k16}) {
+      SCOPED_TRACE(kind == IntKernel::k8 ? "8-bit" : "16-bit");
+      std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N));
+      int_matvec(kind, W.data(), x.data(), y.data(), N, K, false);
+      ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
+      const std::vector<double> b = int_bound(W, x.data(), N, K, kind);
+      for (int64_t n = 0; n < N; ++n) {
+        double exact = 0;
+        for (int64_t blk = 0; blk < K / 64; ++blk) exact += double(am[size_t(n * K / 64 + blk)]) * 64.0 * A;
+        if (n >= 3) exact = -exact;
+        EXPECT_NEAR(y[size_t(n)], exact, b[size_t(n)]) << "row " << n;
+        EXPECT_NEAR(ref[size_t(n)], exact, double(K + 4) * 6e-8 * std::fabs(exact)) << "row " << n;
+      }
     }
   }
 }
 
-// A block of x so small that its 16-bit scale would be subnormal: the call takes the exact
+// A block of x so small that its integer scale would be subnormal: the call takes the exact
 // kernel, so the result still matches the reference to f32 summation error.
-TEST(Nf4Kernels, Int16MatvecTinyActivationsStayAccurate) {
+TEST(Nf4Kernels, IntMatvecTinyActivationsStayAccurate) {
   std::mt19937 rng(45);
   const int64_t N = 7, K = 192;
   auto W = random_nf4(N, K, rng);
   auto x = random_vec(size_t(K), rng);
-  for (int64_t k = 64; k < 128; ++k) x[size_t(k)] *= 1e-33f;
+  for (int64_t k = 64; k < 128; ++k) x[size_t(k)] *= 1e-36f;  // 8-bit scale subnormal below ~1e-34
   for (int64_t k = 0; k < 64; ++k) x[size_t(k)] *= 1e-30f;
   for (int64_t k = 128; k < K; ++k) x[size_t(k)] = 0.0f;
   std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N)), wf(size_t(N * K));
   ops::nf4_dequantize_ref(W.data(), wf.data(), N * K);
-  ops::nf4_matvec(W.data(), x.data(), y.data(), N, K, false);
   ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
-  for (int64_t n = 0; n < N; ++n) {
-    double mag = 0;
-    for (int64_t k = 0; k < K; ++k) mag += std::fabs(double(x[size_t(k)]) * wf[size_t(n * K + k)]);
-    EXPECT_NEAR(y[size_t(n)], ref[size_t(n)], double(K + 4) * 6e-8 * mag + 1e-44) << n;
+  for (IntKernel kind : {IntKernel::k8, IntKernel::k16}) {
+    int_matvec(kind, W.data(), x.data(), y.data(), N, K, false);
+    for (int64_t n = 0; n < N; ++n) {
+      double mag = 0;
+      for (int64_t k = 0; k < K; ++k) mag += std::fabs(double(x[size_t(k)]) * wf[size_t(n * K + k)]);
+      EXPECT_NEAR(y[size_t(n)], ref[size_t(n)], double(K + 4) * 6e-8 * mag + 1e-44) << n << " " << int(kind);
+    }
   }
 }
 
 // A NaN or an infinity in x reaches y as in the reference (the call takes the exact f32 kernel).
-TEST(Nf4Kernels, Int16MatvecPropagatesNonFiniteInput) {
+TEST(Nf4Kernels, IntMatvecPropagatesNonFiniteInput) {
   std::mt19937 rng(43);
   const int64_t N = 5, K = 192;
   auto W = random_nf4(N, K, rng);
-  for (float bad : {std::nanf(""), INFINITY}) {
+  for (float bad : {std::nanf(""), INFINITY})
+  for (IntKernel kind : {IntKernel::k8, IntKernel::k16}) {
+    SCOPED_TRACE(kind == IntKernel::k8 ? "8-bit" : "16-bit");
     auto x = random_vec(size_t(K), rng);
     x[100] = bad;
     std::vector<float> y(static_cast<size_t>(N)), ref(static_cast<size_t>(N));
-    ops::nf4_matvec(W.data(), x.data(), y.data(), N, K, false);
+    int_matvec(kind, W.data(), x.data(), y.data(), N, K, false);
     ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
     for (int64_t n = 0; n < N; ++n) {
       EXPECT_EQ(std::isnan(y[size_t(n)]), std::isnan(ref[size_t(n)])) << n;
@@ -426,7 +471,7 @@ TEST(Nf4Kernels, Int16MatvecPropagatesNonFiniteInput) {
 
 // Shapes large enough for the multi-threaded path (N·K ≥ 2^16), rows split across the threads,
 // and x with very different magnitudes per block (the activation scale is per 64-block).
-TEST(Nf4Kernels, Int16MatvecLargeShapesWithinBound) {
+TEST(Nf4Kernels, IntMatvecLargeShapesWithinBound) {
   std::mt19937 rng(47);
   for (auto [N, K] : {std::pair<int64_t, int64_t>{131, 576}, {77, 64 * 33}, {1031, 128}}) {
     SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K));
@@ -435,9 +480,31 @@ TEST(Nf4Kernels, Int16MatvecLargeShapesWithinBound) {
     for (int64_t k = 0; k < K; ++k) x[size_t(k)] *= std::ldexp(1.0f, int(k / 64 % 7) * 3 - 9);
     std::vector<float> ref(static_cast<size_t>(N)), got;
     ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
-    expect_act16_close(W, x.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
-      ops::nf4_matvec(W.data(), x.data(), y, N, K, acc);
-    }, "matvec");
+    for (IntKernel kind : {IntKernel::k8, IntKernel::k16})
+      expect_int_close(kind, W, x.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
+        int_matvec(kind, W.data(), x.data(), y, N, K, acc);
+      }, kind == IntKernel::k8 ? "matvec" : "matvec_i16");
+  }
+}
+
+// Activations of one sign (as after a ReLU): the 8-bit kernel's removal of the table offset,
+// 64·Σ q_x per block, is then as large as the block's products, so a wrong offset could not hide
+// inside the bound (a correction off by 1·Σ q_x fails here).
+TEST(Nf4Kernels, IntMatvecOneSignActivationsWithinBound) {
+  std::mt19937 rng(53);
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 320}, {260, 576}}) {
+    SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K));
+    auto W = random_nf4(N, K, rng);
+    for (float sign : {1.0f, -1.0f}) {
+      auto x = random_vec(size_t(K), rng);
+      for (auto& v : x) v = sign * (std::fabs(v) + 0.25f);
+      std::vector<float> ref(static_cast<size_t>(N)), got;
+      ops::nf4_matvec_ref(W.data(), x.data(), ref.data(), N, K, false);
+      for (IntKernel kind : {IntKernel::k8, IntKernel::k16})
+        expect_int_close(kind, W, x.data(), got, ref, N, K, 0.0, [&](float* y, bool acc) {
+          int_matvec(kind, W.data(), x.data(), y, N, K, acc);
+        }, kind == IntKernel::k8 ? "matvec" : "matvec_i16");
+    }
   }
 }
 

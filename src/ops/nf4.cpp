@@ -37,6 +37,13 @@ const std::array<int16_t, 16> kNf4CodeI16 = [] {
   return t;
 }();
 
+const std::array<uint8_t, 16> kNf4CodeU8 = [] {
+  std::array<uint8_t, 16> t{};
+  for (int c = 0; c < 16; ++c)
+    t[size_t(c)] = uint8_t(std::lround(double(kNf4Code[c]) * kNf4CodeU8Scale) + kNf4CodeU8Offset);
+  return t;
+}();
+
 namespace {
 
 constexpr int64_t kParMin = 1 << 16;
@@ -214,14 +221,52 @@ void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t 
 }
 
 namespace {
-std::atomic<bool> g_decode_f32{false};
+std::atomic<int> g_decode{int(detail::Nf4Decode::kInt8)};
+
+// Rows [n0, n1) of one thread of `nt` in a contiguous range of whole groups of 4 rows.
+inline void thread_rows(int64_t N, int64_t t, int64_t nt, int64_t& n0, int64_t& n1) {
+  const int64_t units = (N + 3) / 4;
+  n0 = std::min(N, units * t / nt * 4);
+  n1 = std::min(N, units * (t + 1) / nt * 4);
+}
 }  // namespace
 
-void detail::nf4_set_decode_f32(bool on) { g_decode_f32.store(on); }
+void detail::nf4_set_decode(Nf4Decode k) { g_decode.store(int(k)); }
+void detail::nf4_set_decode_f32(bool on) { nf4_set_decode(on ? Nf4Decode::kF32 : Nf4Decode::kInt8); }
 
 void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
   if (!cpu_features().avx2) return nf4_matvec_ref(W, x, y, N, K, acc);
-  if (g_decode_f32.load(std::memory_order_relaxed)) return nf4_matvec_f32(W, x, y, N, K, acc);
+  const int mode = g_decode.load(std::memory_order_relaxed);
+  if (mode == int(detail::Nf4Decode::kF32)) return nf4_matvec_f32(W, x, y, N, K, acc);
+  if (mode == int(detail::Nf4Decode::kInt16)) return nf4_matvec_i16(W, x, y, N, K, acc);
+  const int64_t nb = K / kNf4Block;
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<int32_t> xc;
+  thread_local std::vector<float> xs;
+  if (xq.size() < size_t(K)) xq.resize(size_t(K));
+  if (xc.size() < size_t(nb * 8)) xc.resize(size_t(nb * 8));
+  if (xs.size() < size_t(nb + 8)) xs.resize(size_t(nb + 8), 0.0f);  // 8: vector tails
+  if (!detail::nf4_quantize_act8(x, K, xq.data(), xc.data(), xs.data()))
+    return nf4_matvec_f32(W, x, y, N, K, acc);
+  const Nf4View v = nf4_view(W);
+  const int8_t* xqp = xq.data();
+  const int32_t* xcp = xc.data();
+  const float* xsp = xs.data();
+  // One parallel region; each thread takes one contiguous range of rows (rows of 4 when possible).
+  if (N * K < kParMin || num_threads() <= 1) {
+    detail::nf4_matvec_rows_act8_avx2(v, xqp, xcp, xsp, y, 0, N, K, acc);
+    return;
+  }
+#pragma omp parallel
+  {
+    int64_t n0, n1;
+    thread_rows(N, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
+    if (n1 > n0) detail::nf4_matvec_rows_act8_avx2(v, xqp, xcp, xsp, y, n0, n1, K, acc);
+  }
+}
+
+void nf4_matvec_i16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc) {
+  if (!cpu_features().avx2) return nf4_matvec_ref(W, x, y, N, K, acc);
   thread_local std::vector<int16_t> xq;
   thread_local std::vector<float> xs;
   if (xq.size() < size_t(K)) xq.resize(size_t(K));
@@ -230,16 +275,14 @@ void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, b
   const Nf4View v = nf4_view(W);
   const int16_t* xqp = xq.data();
   const float* xsp = xs.data();
-  // One parallel region; each thread takes one contiguous range of rows (rows of 4 when possible).
   if (N * K < kParMin || num_threads() <= 1) {
     detail::nf4_matvec_rows_act16_avx2(v, xqp, xsp, y, 0, N, K, acc);
     return;
   }
 #pragma omp parallel
   {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t units = (N + 3) / 4;
-    const int64_t n0 = std::min(N, units * t / nt * 4), n1 = std::min(N, units * (t + 1) / nt * 4);
+    int64_t n0, n1;
+    thread_rows(N, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
     if (n1 > n0) detail::nf4_matvec_rows_act16_avx2(v, xqp, xsp, y, n0, n1, K, acc);
   }
 }

@@ -31,11 +31,17 @@ inline constexpr int64_t kNf4NestedBlock = 256;
 
 // bitsandbytes' NF4 code table (get_4bit_type("nf4")), index = 4-bit code.
 extern const float kNf4Code[16];
-// The same table in 16-bit fixed point for the integer decode matvec: round(kNf4Code[c]·8191)
+// The same table in 16-bit fixed point for the 16-bit matvec (nf4_matvec_i16): round(kNf4Code[c]·8191)
 // (kNf4CodeI16Scale = 8191: products with 16-bit activations cannot overflow the kernel's i32
 // block sums, 8·8191·32767 < 2^31; see nf4_avx2.cpp).
 inline constexpr int32_t kNf4CodeI16Scale = 8191;
 extern const std::array<int16_t, 16> kNf4CodeI16;
+// The same table in 8 bits for the registered decode matvec: kNf4CodeU8[c] = round(NF4[c]·64) + 64
+// (0..128, unsigned for vpmaddubsw; value (t − 64)/64, within kNf4CodeU8MaxErr = 0.00694 of
+// NF4[c]; ±1 and 0 exact). 64 = kNf4CodeU8Scale = kNf4CodeU8Offset.
+inline constexpr int32_t kNf4CodeU8Scale = 64, kNf4CodeU8Offset = 64;
+extern const std::array<uint8_t, 16> kNf4CodeU8;
+inline constexpr double kNf4CodeU8MaxErr = 0.006933;  // ≥ max_c |(t_c − 64)/64 − NF4[c]| (c = 1: 0.0069322)
 
 // Nearest NF4 code of a value normalised to [-1, 1] (ties to the lower code, as torch.bucketize
 // on the midpoints of adjacent codes does in bitsandbytes' quantize_4bit).
@@ -89,24 +95,37 @@ void nf4_dequantize_ref(const void* W, float* dst, int64_t n);  // scalar
 // dst (n_rows, K) = rows row0 .. row0 + n_rows of the (N, K) matrix.
 void nf4_dequantize_rows(const void* W, int64_t row0, int64_t n_rows, int64_t K, float* dst);
 
-// y (N) (+)= W (N, K) · x (K), W an NF4 matrix.
-// nf4_matvec (the registered decode kernel, DType::NF4's k.matvec) is a 16-bit integer dot
-// product: the code table as int16 q_c = round(NF4[c]·8191) (kNf4CodeI16), x quantised once per
-// call per 64-block b to int16 q_x = round(x·32767/max|x_b|) (scale s_b = max|x_b|/32767), exact
-// i32 sums per block, then y += absmax_b·(s_b/8191)·sum in f32. Against the exact f32 value
-// y* = Σ_b absmax_b Σ_j NF4[c_j]·x_j (nf4_matvec_ref up to its own f32 summation) the error is
+// y (N) (+)= W (N, K) · x (K), W an NF4 matrix. Three kernels, one reference:
+// nf4_matvec (the registered decode kernel, DType::NF4's k.matvec) is an 8-bit integer dot
+// product (vpmaddubsw, as llama.cpp's q4_0 × q8_0): the code table as unsigned bytes
+// t_c = round(NF4[c]·64) + 64 (kNf4CodeU8), x quantised once per call per 64-block b to int8
+// q_x = round(x·127/max|x_b|) (scale s_b = max|x_b|/127); per block the exact i32 sum
+// Σ_j (t_cj − 64)·q_xj (Σ t·q from vpmaddubsw + vpmaddwd, minus 64·Σ q_x), then
+// y += absmax_b·(s_b/64)·sum in f32. Against y* = Σ_b absmax_b Σ_j NF4[c_j]·x_j the error is
 //   |y − y*| ≤ Σ_b absmax_b · Σ_j ( e_w·|x_j| + e_x,b·|NF4[c_j]| + e_w·e_x,b )  +  f32 rounding
-// with e_w = 0.5/8191 (table rounding: |q_c/8191 − NF4[c]| ≤ 0.5/8191, ≤ 6.1e-5 of absmax per
+// with e_w = kNf4CodeU8MaxErr = 0.00694 (table rounding: |(t_c − 64)/64 − NF4[c]|, measured over
+// the 16 codes; 1/20 to 1/40 of NF4's own rounding, 0.15 of absmax at most) and
+// e_x,b = 0.5·s_b·(1 + 2^-6) (activation rounding, 1/254 of max|x_b| per element; the 2^-6 covers
+// the f32 rounding of 127/max|x_b| and of x times it); f32 rounding as for the 16-bit kernel below.
+// No saturation: a vpmaddubsw pair is at most 2·128·127 = 32512 < 32767; a block's i32 sum is
+// at most 64·128·127 in magnitude.
+// nf4_matvec_i16 (the previous registered kernel, kept as a named alternative) is a 16-bit integer
+// dot product: the code table as int16 q_c = round(NF4[c]·8191) (kNf4CodeI16), x quantised once per
+// call per 64-block b to int16 q_x = round(x·32767/max|x_b|) (scale s_b = max|x_b|/32767), exact
+// i32 sums per block, then y += absmax_b·(s_b/8191)·sum in f32. Its error has the same form with
+// e_w = 0.5/8191 (table rounding: |q_c/8191 − NF4[c]| ≤ 0.5/8191, ≤ 6.1e-5 of absmax per
 // weight) and e_x,b = 0.5·s_b·(1 + 2^-6) (activation rounding, 2^-16 of max|x_b| per element; the
 // 2^-6 covers the f32 rounding of 32767/max|x_b| and of x times it: < 2·2^-24·32767 < 0.004
-// units of s_b); the f32 rounding is that of converting each block's i32 sum, its scale (three
-// roundings) and the nb FMAs into 8 lanes and 2 chains, below (nb + 16)·2^-24·Σ|absmax_b·NF4[c_j]·x_j|.
+// units of s_b); for both, the f32 rounding is that of converting each block's i32 sum, its
+// scale (three roundings) and the nb FMAs into 8 lanes and 2 chains, below
+// (nb + 16)·2^-24·Σ|absmax_b·NF4[c_j]·x_j|.
 // A call whose x holds a NaN or an infinity takes the exact f32 kernel (so they propagate as in
-// the reference), as does one with a nonzero block below ~1e-30 in magnitude (its scale
-// s_b/8191 would be subnormal).
+// the reference), as does one with a nonzero block below ~1e-30 in magnitude (its scale would be
+// subnormal).
 // nf4_matvec_f32: the exact f32 AVX2 kernel (f32 code values by vpshufb byte planes; x not
 // rounded, error = f32 summation order only), kept for tests and benches.
 void nf4_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
+void nf4_matvec_i16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void nf4_matvec_f32(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 // Y (M, N) (+)= X (M, K) · Wᵀ.
@@ -138,8 +157,20 @@ bool nf4_quantize_act16(const float* x, int64_t K, int16_t* xq, float* xs);
 // readable 8 floats past its K/64 (vector tails; their values do not matter).
 void nf4_matvec_rows_act16_avx2(const Nf4View& v, const int16_t* xq, const float* xs, float* y,
                                 int64_t n0, int64_t n1, int64_t K, bool acc);
-// Benches only (bench_quant's model table): route nf4_matvec, and so every NF4 decode, to the
-// exact f32 kernel (nf4_matvec_f32) while on is true, to compare both in one process.
+// x (K) -> int8 blocks xq (K: per block the 32 even elements, then the 32 odd ones, the order
+// of the high- and low-nibble index vectors), xc (8 i32 per block: 64·Σ q_x in lane 0, zeros)
+// and xs (K/64) = s_b/64 (see nf4_matvec). Returns false (outputs partly written) if x holds a
+// NaN or an infinity, or a nonzero block whose scale would be subnormal.
+bool nf4_quantize_act8(const float* x, int64_t K, int8_t* xq, int32_t* xc, float* xs);
+// y[n] (+)= row n · x for rows n0 .. n1, 8-bit integer products (see nf4_matvec). xs must be
+// readable 8 floats past its K/64 (vector tails; their values do not matter).
+void nf4_matvec_rows_act8_avx2(const Nf4View& v, const int8_t* xq, const int32_t* xc, const float* xs,
+                               float* y, int64_t n0, int64_t n1, int64_t K, bool acc);
+// Benches only (bench_quant): route nf4_matvec, and so every NF4 decode, to another kernel
+// (the 16-bit integer or the exact f32 one) until set back to kInt8, to compare them in one
+// process. nf4_set_decode_f32(on) is nf4_set_decode(on ? kF32 : kInt8).
+enum class Nf4Decode { kInt8, kInt16, kF32 };
+void nf4_set_decode(Nf4Decode k);
 void nf4_set_decode_f32(bool on);
 }  // namespace detail
 

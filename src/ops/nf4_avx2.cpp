@@ -4,7 +4,8 @@
 // four vpshufb byte-plane lookups per 32 codes (see nf4_permute_x), exact f32 code values, x
 // permuted once per call; each block's sum is scaled by its absmax once (decoded from the
 // double-quantised form by nf4_block_absmax, a chunk of blocks at a time). Matvec, 16-bit integer
-// (nf4_matvec, the decode hot path): see "16-bit integer matvec" below.
+// (nf4_matvec_i16, the previous decode kernel): see "16-bit integer matvec" below. Matvec, 8-bit
+// integer (nf4_matvec, the decode hot path): see "8-bit integer matvec" at the end.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -137,7 +138,7 @@ void nf4_dequantize_blocks_avx2(const uint8_t* codes, const float* absmax, float
   }
 }
 
-// ---- 16-bit integer matvec (the registered decode kernel; see nf4.h for the error bound) ----
+// ---- 16-bit integer matvec (nf4_matvec_i16, the previous decode kernel; see nf4.h) ----
 //
 // Per block of 64 weights: the 32 code bytes give a high-nibble and a low-nibble index vector
 // (elements 2j and 2j+1); each is looked up in the low-byte and the high-byte plane of the int16
@@ -350,6 +351,162 @@ void nf4_matvec_rows_act16_avx2(const Nf4View& v, const int16_t* xq, const float
     for (; n + 4 <= r1; n += 4)
       rows_act16<4>(tp, v.codes + n * nb * 32, xq, sc + (n - r0) * nb, y + n, nb, acc);
     for (; n < r1; ++n) rows_act16<1>(tp, v.codes + n * nb * 32, xq, sc + (n - r0) * nb, y + n, nb, acc);
+  }
+}
+
+
+// ---- 8-bit integer matvec (the registered decode kernel; see nf4.h for the error bound) ----
+//
+// Per block of 64 weights: the 32 code bytes give a high-nibble and a low-nibble index vector
+// (elements 2j and 2j+1); one vpshufb each looks up the unsigned 8-bit table kNf4CodeU8 (t_c =
+// round(NF4[c]·64) + 64, 0..128), one vpmaddubsw each multiplies with the block's int8
+// activations (even elements for the high nibbles, odd for the low ones: nf4_quantize_act8's
+// order) and adds pairs into int16, one vpmaddwd each with ones widens to i32. The table's offset
+// of 64 is removed exactly per block by subtracting 64·Σ q_x (a per-call vector, lane 0). So
+// 2 vpshufb + 2 vpmaddubsw + 2 vpmaddwd per 64 weights against 4 vpshufb + 4 unpacks + 4 vpmaddwd
+// for the 16-bit kernel: on this AVX2 VM (Zen 3 class) it runs at about twice the speed per
+// thread with the weights hot in L2 (docs/quantization.md).
+//
+// No saturation: a vpmaddubsw pair is at most 2·128·127 = 32512 < 32767 in magnitude (q_x is
+// clamped to ±127, never −128); a block's i32 sum is at most 64·128·127 = 1,040,384 in magnitude.
+
+namespace {
+
+struct U8Table {
+  __m256i t;  // the 16-entry table in both 128-bit lanes
+  U8Table() {
+    alignas(32) uint8_t b[32];
+    for (int c = 0; c < 16; ++c) b[c] = b[c + 16] = kNf4CodeU8[size_t(c)];
+    t = _mm256_load_si256(reinterpret_cast<const __m256i*>(b));
+  }
+};
+
+// The block's 8 i32 partial sums of Σ_j (t_cj − 64)·q_xj (c: the row's codes, q_x: xh (even
+// elements), xl (odd elements)); corr = (64·Σ q_x, 0, ..., 0).
+inline __m256i block_dot8(__m256i tab, const uint8_t* blk, __m256i xh, __m256i xl, __m256i corr) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk));
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+  const __m256i lo = _mm256_and_si256(w, m4);
+  const __m256i ph = _mm256_maddubs_epi16(_mm256_shuffle_epi8(tab, hi), xh);
+  const __m256i pl = _mm256_maddubs_epi16(_mm256_shuffle_epi8(tab, lo), xl);
+  return _mm256_sub_epi32(_mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)), corr);
+}
+
+// Rows n .. n + R (R = 4 or 1) of a chunk whose scales are sc (row-major, nb per row), as
+// rows_act16: each block's activations are loaded once for the R rows, R independent FMA chains,
+// one contiguous stream of R·nb·32 code bytes prefetched kPrefetchAct16 past the group's end.
+template <int R>
+inline void rows_act8(__m256i tab, const uint8_t* codes, const int8_t* xq, const int32_t* xc, const float* sc,
+                      float* y, int64_t nb, bool acc) {
+  const size_t rb = size_t(nb) * 32;
+  __m256 a[R];
+  for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
+  const char* pf = reinterpret_cast<const char*>(codes) + R * rb + kPrefetchAct16;
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i* xb = reinterpret_cast<const __m256i*>(xq + b * kNf4Block);
+    const __m256i xh = _mm256_loadu_si256(xb), xl = _mm256_loadu_si256(xb + 1);
+    const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xc + b * 8));
+    if (R == 4) {
+      _mm_prefetch(pf + 128 * b, _MM_HINT_T0);
+      _mm_prefetch(pf + 128 * b + 64, _MM_HINT_T0);
+    } else if (b % 2 == 0) {
+      _mm_prefetch(pf + 32 * b, _MM_HINT_T0);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256i d = block_dot8(tab, codes + r * rb + size_t(b) * 32, xh, xl, corr);
+      a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sc[r * nb + b]), a[r]);
+    }
+  }
+  if constexpr (R == 4) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
+    _mm_storeu_ps(y, t);
+  } else {
+    const float t = hsum(a[0]);
+    y[0] = acc ? y[0] + t : t;
+  }
+}
+
+}  // namespace
+
+bool nf4_quantize_act8(const float* x, int64_t K, int8_t* xq, int32_t* xc, float* xs) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  // vpacksswb / vpackssdw work per 128-bit lane: after both, lane order is (0 4 1 5 2 6 3 7) in
+  // dwords of 4 bytes; this permutation restores the natural order.
+  const __m256i unlane = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  // Within each 16-byte lane: even bytes first, then odd bytes.
+  const __m256i deint = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  __m256 bad = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / kNf4Block; ++b) {
+    const float* xb = x + b * kNf4Block;
+    __m256 v[8];
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    if (!(amax <= 3.4e38f)) return false;  // inf (NaN is caught by `bad`)
+    const float s = amax / 127.0f, r = amax > 0.0f ? 127.0f / amax : 0.0f;
+    if (!(r <= 3.4e38f) || (amax > 0.0f && !(s / 64.0f >= 1.2e-38f))) return false;  // subnormal scales
+    const __m256 inv = _mm256_set1_ps(r);
+    __m256i q[8];
+    for (int i = 0; i < 8; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));  // nearest even
+    // |q| <= 127 up to the f32 rounding of v·(127/amax) (<= 127·(1 + 2^-23)), which rounds to 127.
+    __m256i qs = _mm256_setzero_si256();
+    for (int i = 0; i < 8; ++i) qs = _mm256_add_epi32(qs, q[i]);
+    // 64 int8 in natural order: two vectors of 32.
+    for (int h = 0; h < 2; ++h) {
+      const __m256i w0 = _mm256_packs_epi32(q[4 * h], q[4 * h + 1]);
+      const __m256i w1 = _mm256_packs_epi32(q[4 * h + 2], q[4 * h + 3]);
+      __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w0, w1), unlane);
+      // -> per 16-byte lane: even then odd elements of that lane's 16
+      bytes = _mm256_shuffle_epi8(bytes, deint);
+      // (even 0-7 | odd 0-7 | even 8-15 | odd 8-15) in qwords -> (even 0-15 | odd 0-15)
+      bytes = _mm256_permute4x64_epi64(bytes, 0xD8);
+      alignas(32) int8_t t[32];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(t), bytes);
+      std::memcpy(xq + b * kNf4Block + 16 * h, t, 16);       // even elements 32h .. 32h + 30
+      std::memcpy(xq + b * kNf4Block + 32 + 16 * h, t + 16, 16);  // odd elements
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(qs), _mm256_extracti128_si256(qs, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    const int32_t sum = _mm_cvtsi128_si32(s4);
+    int32_t* c = xc + b * 8;
+    c[0] = kNf4CodeU8Offset * sum;
+    for (int i = 1; i < 8; ++i) c[i] = 0;
+    xs[b] = s / 64.0f;
+  }
+  return _mm256_movemask_ps(bad) == 0;
+}
+
+void nf4_matvec_rows_act8_avx2(const Nf4View& v, const int8_t* xq, const int32_t* xc, const float* xs,
+                               float* y, int64_t n0, int64_t n1, int64_t K, bool acc) {
+  static const U8Table tt;
+  const __m256i tab = tt.t;
+  const int64_t nb = K / kNf4Block;
+  constexpr int64_t kChunkBlocks = 512;
+  const int64_t rows_per_chunk = std::max<int64_t>(4, kChunkBlocks / nb / 4 * 4);
+  thread_local std::vector<float> scv, tmpv;
+  if (scv.size() < size_t(rows_per_chunk * nb + 8)) scv.resize(size_t(rows_per_chunk * nb + 8));
+  if (tmpv.size() < size_t(rows_per_chunk * nb + 8)) tmpv.resize(size_t(rows_per_chunk * nb + 8));
+  float* sc = scv.data();
+  float* tmp = tmpv.data();
+  for (int64_t r0 = n0; r0 < n1; r0 += rows_per_chunk) {
+    const int64_t r1 = r0 + rows_per_chunk < n1 ? r0 + rows_per_chunk : n1;
+    row_scales(v, r0, r1 - r0, nb, xs, sc, tmp);
+    int64_t n = r0;
+    for (; n + 4 <= r1; n += 4)
+      rows_act8<4>(tab, v.codes + n * nb * 32, xq, xc, sc + (n - r0) * nb, y + n, nb, acc);
+    for (; n < r1; ++n) rows_act8<1>(tab, v.codes + n * nb * 32, xq, xc, sc + (n - r0) * nb, y + n, nb, acc);
   }
 }
 
