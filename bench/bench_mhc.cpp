@@ -172,13 +172,29 @@ void run_shape(int64_t C, int reps, int64_t T, int copies, const std::string& on
         matvec(blocks[size_t(b)].w[i].data(), qwen::DType::F32, xin.data(), yout.data(), s.lin[i].N,
                s.lin[i].K);
     };
-    auto mhc_decode = [&](int b) {
+    // The decoder's F16 copies of phi (mhc_pack_phi_half), one per block and site.
+    std::vector<std::vector<uint16_t>> half(size_t(2 * copies));
+    std::vector<std::vector<float>> half_scale(size_t(2 * copies));
+    for (int b = 0; b < copies; ++b)
       for (int site = 0; site < 2; ++site) {
-        mhc_coefficients_forward(d, site_params(b, site), X.data(), 1, co);
-        mhc_pre_aggregate(d, X.data(), co.h_pre, 1, u.data());
+        auto& h = half[size_t(2 * b + site)];
+        auto& sc = half_scale[size_t(2 * b + site)];
+        h.resize(size_t(d.phi_size()));
+        sc.resize(size_t(d.phi_rows()));
+        mhc_pack_phi_half(d, blocks[size_t(b)].phi[site].data(), h.data(), sc.data());
+      }
+    auto mhc_decode_with = [&](int b, bool use_half) {
+      for (int site = 0; site < 2; ++site) {
+        MhcParams<float> p = site_params(b, site);
+        if (use_half) {
+          p.phi_half = half[size_t(2 * b + site)].data();
+          p.phi_half_scale = half_scale[size_t(2 * b + site)].data();
+        }
+        mhc_site_in(d, p, X.data(), 1, co, u.data());
         mhc_post_merge(d, X.data(), co.h_res, co.h_post, y.data(), 1, Xo.data());
       }
     };
+    auto mhc_decode = [&](int b) { mhc_decode_with(b, false); };
     const double hot_lin = time_call([&] { linear_decode(0); }, reps);
     const double hot_mhc = time_call([&] { mhc_decode(0); }, reps);
     const double cold_lin = time_call(
@@ -193,6 +209,13 @@ void run_shape(int64_t C, int reps, int64_t T, int copies, const std::string& on
                                 },
                                 reps) /
                             copies;
+    const double hot_half = time_call([&] { mhc_decode_with(0, true); }, reps);
+    const double cold_half = time_call(
+                                 [&] {
+                                   for (int b = 0; b < copies; ++b) mhc_decode_with(b, true);
+                                 },
+                                 reps) /
+                             copies;
     std::printf("decode, one token, one site (hot):\n");
     std::printf(
         "  coefficients (fused Σx²+phi·x, gates, Sinkhorn)  %8.2f us   [scalar sinkhorn_forward, "
@@ -208,6 +231,8 @@ void run_shape(int64_t C, int reps, int64_t T, int copies, const std::string& on
                 (hot_lin + hot_mhc) / hot_lin);
     std::printf("  cold: mHC %8.2f us, linear %8.2f us  -> x%.3f   (%d blocks cycled)\n",
                 cold_mhc * 1e6, cold_lin * 1e6, (cold_lin + cold_mhc) / cold_lin, copies);
+    std::printf("  F16 phi copy (the decoder's): hot mHC %8.2f us, cold mHC %8.2f us -> x%.3f cold\n",
+                hot_half * 1e6, cold_half * 1e6, (cold_lin + cold_half) / cold_lin);
   }
   if (only == "decode") return;
   auto site_params = [&](int b, int site) {

@@ -20,7 +20,8 @@
 //     each second, which lands on whichever variant is running (that is what made back-to-back
 //     runs differ by 10 % and more); with the gaps the duty cycle stays under 95 %. The gaps are
 //     outside the timed regions.
-// --samples prints every round's times.
+// --samples prints every round's times. The mHC decoder reads its F16 copy of phi (the training
+// step never does; docs/mhc.md §10.1, fifth pass).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -18,6 +18,7 @@
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "model/model.h"
+#include "ops/mhc.h"
 #include "qwen/error.h"
 #include "train/train_model.h"
 
@@ -349,6 +350,58 @@ TEST(MhcModel, DecoderMatchesTrainingForward) {
     }
     EXPECT_NEAR(loss, ref, 1e-5 * ref);
   }
+}
+
+// The decoder's mHC projections read an F16 copy of phi (ops::mhc_pack_phi_half, made when the
+// decoder is built; docs/mhc.md §10.1, fifth pass). With phi scaled up (×20; ×40 already drives
+// Sinkhorn's column sums to underflow) the F16 rounding moves the loss by more than 1e-6
+// (measured 2.1e-6); the decoder must give the training forward's loss on phi rounded to the
+// copy's values within 1e-7 (measured 4e-9: the same values, f32 sums in other orders), i.e. it
+// reads exactly those values and not the F32 phi.
+TEST(MhcModel, DecoderReadsTheHalfPhiCopy) {
+  ModelConfig c = tiny("mhc", 4, "qwen2");
+  TrainModel m(c, 23);
+  jitter(m, 7);
+  const qwen::ops::MhcDims md = qwen::mhc_dims(c);
+  for (const auto& p : m.params())
+    if (p.name.find("_hc.phi") != std::string::npos)
+      for (int64_t i = 0; i < p.numel; ++i) m.param_data()[p.offset + i] *= 20.0f;
+  const int64_t T = 9;
+  std::vector<int32_t> tok = random_tokens(c, T, 8), tgt(size_t(T), -1);
+  for (int64_t t = 0; t + 1 < T; ++t) tgt[size_t(t)] = tok[size_t(t + 1)];
+  auto decoder_loss = [&]() {
+    auto model = m.as_model();
+    const std::vector<float> all = decoder_logits(*model, tok);
+    const int64_t V = c.vocab_size;
+    double s = 0;
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      const float* l = all.data() + t * V;
+      double mx = l[0], z = 0;
+      for (int64_t v = 0; v < V; ++v) mx = std::max(mx, double(l[v]));
+      for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v]) - mx);
+      s += mx + std::log(z) - l[tgt[size_t(t)]];
+    }
+    return s;
+  };
+  const double dec = decoder_loss();
+  const double f32 = m.forward_loss(tok.data(), tgt.data(), 1, T);
+  // phi := the copy's values (pack, unpack) in the trainer.
+  std::vector<uint16_t> h(size_t(md.phi_size()));
+  std::vector<float> sc(static_cast<size_t>(md.phi_rows()));
+  for (const auto& p : m.params())
+    if (p.name.find("_hc.phi") != std::string::npos) {
+      float* w = m.param_data() + p.offset;
+      qwen::ops::mhc_pack_phi_half(md, w, h.data(), sc.data());
+      qwen::ops::mhc_unpack_phi_half(md, h.data(), sc.data(), w);
+    }
+  const double rounded = m.forward_loss(tok.data(), tgt.data(), 1, T);
+  std::printf("loss: decoder (F16 phi copy) %.8f, training forward on F32 phi %.8f (rel %.1e), on "
+              "the copy's values %.8f (rel %.1e)\n",
+              dec, f32, std::fabs(dec - f32) / f32, rounded, std::fabs(dec - rounded) / rounded);
+  ASSERT_GT(std::fabs(f32 - rounded), 1e-6 * f32);  // the rounding is visible at this scale
+  EXPECT_NEAR(dec, rounded, 1e-7 * rounded);
+  // The F32 path's loss stays within the documented effect of the copy at this scale.
+  EXPECT_NEAR(dec, f32, 1e-5 * f32);
 }
 
 TEST(MhcModel, SaveLoadGivesIdenticalLogits) {

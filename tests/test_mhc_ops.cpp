@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "core/cpu.h"
 #include "ops/mhc.h"
 #include "qwen/error.h"
 
@@ -901,4 +902,110 @@ TEST(MhcKernels, FusedSiteInEqualsSeparateCallsBitForBit) {
           ASSERT_EQ(cd, ce);
           ASSERT_EQ(ud, ue);
         }
+}
+
+// The F16 inference copy of phi (mhc_pack_phi_half; the decoder's projections read it):
+// (1) every packed value is phi within 2^-11 relative (2^-25·scale absolute below F16's normal
+//     range), the row scale is a power of two with max|row|/scale in [2^14, 2^15) (a floor of
+//     2^-126 for rows under 2^-111), zero rows too;
+// (2) the coefficients computed from the copy are bit for bit those of the F32 path on the
+//     unpacked values (decode sizes, batches, fused site_in / merge_in), where AVX2 is; elsewhere
+//     the copy is ignored and phi itself is read;
+// (3) the projection differs from the F32 phi's by at most
+//     (2^-11 + 2·(nC/8 + 4)·2^-24)·Σ_c |phi_kc·x_c| + 2^-25·scale_k·Σ_c |x_c|
+//     (the F16 rounding of each value plus the f32 sums of both paths), per token and row.
+TEST(MhcKernels, HalfPhiCopy) {
+  // (1) Rows of very different magnitudes, a zero row, odd widths.
+  for (int64_t C : {1, 7, 37, 256}) {
+    const MhcDims d{2, C, 20, 1e-6, HcMode::Mhc};
+    const int64_t rows = d.phi_rows(), cols = d.phi_cols();
+    std::vector<float> phi = to_f(normal(size_t(rows * cols), 1.0, 11 + C));
+    const float mags[] = {1e-30f, 1e-8f, 0.02f, 1.0f, 3e4f, 1e30f, 0.0f, 0.5f, 1e-36f};
+    for (int64_t k = 0; k < rows; ++k)
+      for (int64_t c = 0; c < cols; ++c) phi[size_t(k * cols + c)] *= mags[k % 9];
+    std::vector<uint16_t> h(phi.size());
+    std::vector<float> scale(static_cast<size_t>(rows)), back(phi.size());
+    mhc_pack_phi_half(d, phi.data(), h.data(), scale.data());
+    mhc_unpack_phi_half(d, h.data(), scale.data(), back.data());
+    for (int64_t k = 0; k < rows; ++k) {
+      double mx = 0;
+      for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, std::fabs(double(phi[size_t(k * cols + c)])));
+      int e = 0;
+      ASSERT_EQ(std::frexp(double(scale[size_t(k)]), &e), 0.5) << k;  // a power of two
+      if (mx > 0) {
+        if (scale[size_t(k)] > std::ldexp(1.0f, -126)) {  // else the floor (rows under 2^-111)
+          ASSERT_GE(mx / scale[size_t(k)], 16384.0) << k;
+        }
+        ASSERT_LT(mx / scale[size_t(k)], 32768.0) << k;
+      } else {
+        ASSERT_EQ(scale[size_t(k)], 1.0f);
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        const double v = phi[size_t(k * cols + c)], b = back[size_t(k * cols + c)];
+        ASSERT_LE(std::fabs(b - v), std::ldexp(std::fabs(v), -11) + std::ldexp(double(scale[size_t(k)]), -25))
+            << k << " " << c;
+      }
+    }
+  }
+  // (2) and (3).
+  double worst_ratio = 0;  // observed |Δm| / Σ|phi·x|
+  for (int64_t n : {1, 2, 3, 4, 5})
+    for (int64_t C : {7, 37, 256})
+      for (int64_t T : {1, 2, 5, 8, 13}) {
+        SCOPED_TRACE("n " + std::to_string(n) + " C " + std::to_string(C) + " T " + std::to_string(T));
+        Site s = make_site(HcMode::Mhc, n, C, T, 700 + n + C + T);
+        const MhcDims& d = s.d;
+        const int64_t nc = n * C, K = d.K();
+        const std::vector<float> X = to_f(normal(size_t(T * nc), 1.0, 90 + T)),
+                                 Fv = to_f(normal(size_t(T * C), 1.0, 91 + T));
+        const std::vector<float> phi = to_f(s.phi), bias = to_f(s.bias), alpha = to_f(s.alpha);
+        std::vector<uint16_t> h(phi.size());
+        std::vector<float> scale(static_cast<size_t>(K)), back(phi.size());
+        mhc_pack_phi_half(d, phi.data(), h.data(), scale.data());
+        mhc_unpack_phi_half(d, h.data(), scale.data(), back.data());
+        MhcParams<float> ph{phi.data(), bias.data(), alpha.data()};
+        ph.phi_half = h.data();
+        ph.phi_half_scale = scale.data();
+        const MhcParams<float> pf{phi.data(), bias.data(), alpha.data()};
+        const MhcParams<float> pb{back.data(), bias.data(), alpha.data()};
+        // Where the copy is read (AVX2), the F32 path on the unpacked values; elsewhere phi's.
+        const MhcParams<float>& pe = qwen::cpu_features().avx2 ? pb : pf;
+        const size_t cs = size_t(mhc_coefs_size(T, n));
+        std::vector<float> a(cs), b(cs), f(cs), ua(size_t(T * C)), ub(ua.size());
+        mhc_coefficients_forward(d, ph, X.data(), T, mhc_coefs_view(a.data(), T, n));
+        mhc_coefficients_forward(d, pe, X.data(), T, mhc_coefs_view(b.data(), T, n));
+        mhc_coefficients_forward(d, pf, X.data(), T, mhc_coefs_view(f.data(), T, n));
+        for (size_t k = 0; k < cs; ++k) ASSERT_EQ(a[k], b[k]) << k;
+        std::fill(a.begin(), a.end(), -7.0f);
+        mhc_site_in(d, ph, X.data(), T, mhc_coefs_view(a.data(), T, n), ua.data());
+        mhc_site_in(d, pe, X.data(), T, mhc_coefs_view(b.data(), T, n), ub.data());
+        for (size_t k = 0; k < cs; ++k) ASSERT_EQ(a[k], b[k]) << k;
+        for (size_t k = 0; k < ua.size(); ++k) ASSERT_EQ(ua[k], ub[k]) << k;
+        {  // the merge + next site's input side (training's call; the copy must be honoured too)
+          std::vector<float> Xa(X.size()), Xb(X.size()), na(cs), nb(cs);
+          const MhcCoefs<float> prev = mhc_coefs_view(f.data(), T, n);
+          mhc_site_merge_in(d, X.data(), prev, Fv.data(), T, Xa.data(), ph,
+                            mhc_coefs_view(na.data(), T, n), ua.data());
+          mhc_site_merge_in(d, X.data(), prev, Fv.data(), T, Xb.data(), pe,
+                            mhc_coefs_view(nb.data(), T, n), ub.data());
+          for (size_t k = 0; k < cs; ++k) ASSERT_EQ(na[k], nb[k]) << k;
+        }
+        // (3) the projection against F32 phi's.
+        const MhcCoefs<float> ca = mhc_coefs_view(a.data(), T, n), cf = mhc_coefs_view(f.data(), T, n);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t k = 0; k < K; ++k) {
+            double sa = 0, sx = 0;
+            for (int64_t c = 0; c < nc; ++c) {
+              sa += std::fabs(double(phi[size_t(k * nc + c)]) * X[size_t(t * nc + c)]);
+              sx += std::fabs(double(X[size_t(t * nc + c)]));
+            }
+            const double dm = std::fabs(double(ca.proj[t * K + k]) - cf.proj[t * K + k]);
+            const double bound = (std::ldexp(1.0, -11) + 2.0 * double(nc / 8 + 4) * std::ldexp(1.0, -24)) * sa +
+                                 std::ldexp(double(scale[size_t(k)]), -25) * sx;
+            ASSERT_LE(dm, bound) << t << " " << k;
+            if (sa > 0) worst_ratio = std::max(worst_ratio, dm / sa);
+          }
+      }
+  std::printf("F16 phi copy: worst |m_half - m_f32| / sum|phi*x| = %.2e (bound's first term 2^-11 = %.2e)\n",
+              worst_ratio, std::ldexp(1.0, -11));
 }

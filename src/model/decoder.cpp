@@ -53,6 +53,20 @@ Decoder::Decoder(const Model& m, int64_t max_tokens) : m_(m), max_tokens_(max_to
   if (c.use_mhc) {
     streams_.resize(T * size_t(c.mhc_num_streams * c.hidden_size));
     coefs_.resize(size_t(ops::mhc_coefs_size(max_tokens, c.mhc_num_streams)));
+    // The decode projections read an F16 copy of phi: half the bytes (docs/mhc.md §10.1, fifth
+    // pass). HC mode keeps F32 (its phi is (n+2, C), small).
+    const ops::MhcDims md = mhc_dims(c);
+    if (md.mode == ops::HcMode::Mhc) {
+      const size_t n_sites = 2 * m.layers().size();
+      mhc_phi_half_.resize(n_sites * size_t(md.phi_size()));
+      mhc_phi_half_scale_.resize(n_sites * size_t(md.phi_rows()));
+      for (size_t site = 0; site < n_sites; ++site) {
+        const LayerWeights& L = m.layers()[site / 2];
+        const MhcSiteWeights& w = site % 2 == 0 ? L.attn_hc : L.mlp_hc;
+        ops::mhc_pack_phi_half(md, w.phi, mhc_phi_half_.data() + site * size_t(md.phi_size()),
+                               mhc_phi_half_scale_.data() + site * size_t(md.phi_rows()));
+      }
+    }
   }
 }
 
@@ -151,9 +165,14 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
   const ops::MhcCoefs<float> co =
       mhc ? ops::mhc_coefs_view(coefs_.data(), M, md.n) : ops::MhcCoefs<float>{};
   if (mhc) ops::mhc_expand(x, M, md.n, C, X);
-  auto site_in = [&](const MhcSiteWeights& w) {
+  auto site_in = [&](const MhcSiteWeights& w, size_t site) {
     if (!mhc) return;
-    ops::mhc_site_in(md, ops::MhcParams<float>{w.phi, w.bias, w.alpha}, X, M, co, x);
+    ops::MhcParams<float> p{w.phi, w.bias, w.alpha};
+    if (!mhc_phi_half_.empty()) {  // the F16 copy of phi made in the constructor
+      p.phi_half = mhc_phi_half_.data() + site * size_t(md.phi_size());
+      p.phi_half_scale = mhc_phi_half_scale_.data() + site * size_t(md.phi_rows());
+    }
+    ops::mhc_site_in(md, p, X, M, co, x);
   };
   auto site_out = [&]() {
     if (mhc)
@@ -164,7 +183,7 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
   for (size_t l = 0; l < m_.layers().size(); ++l) {
     const LayerWeights& L = m_.layers()[l];
     // Attention block.
-    site_in(L.attn_hc);
+    site_in(L.attn_hc, 2 * l);
     ops::rmsnorm(x, L.attn_norm, h, M, C, eps);
     linear(L.q, h, q_.data(), M);   // (M, H·D)
     linear(L.k, h, k_.data(), M);   // (M, KV·D)
@@ -192,7 +211,7 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
     linear(L.o, att_.data(), h, M);  // (M, C)
     site_out();
     // MLP block.
-    site_in(L.mlp_hc);
+    site_in(L.mlp_hc, 2 * l + 1);
     ops::rmsnorm(x, L.mlp_norm, h, M, C, eps);
     linear(L.gate, h, g_.data(), M);  // (M, F)
     linear(L.up, h, u_.data(), M);    // (M, F)

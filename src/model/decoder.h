@@ -93,6 +93,11 @@ class Decoder {
   std::vector<float> lora_t_;  // (max_tokens, max LoRA rank) x·Aᵀ of an adapter
   std::vector<float> streams_;  // mHC: (max_tokens, n, C) residual streams
   std::vector<float> coefs_;    // mHC: ops::mhc_coefs_size(max_tokens, n)
+  // mHC: the F16 inference copy of every site's phi (ops::mhc_pack_phi_half), taken when the
+  // decoder is built (a decoder must be rebuilt if phi changes): (2·layers, phi_rows, phi_cols)
+  // F16 bits and (2·layers, phi_rows) power-of-two row scales; empty in HC mode.
+  std::vector<uint16_t> mhc_phi_half_;
+  std::vector<float> mhc_phi_half_scale_;
   int64_t rope_len_ = 0;       // positions covered by the tables
   int64_t rope_seq_len_ = -1;  // seq_len the tables were computed for (dynamic rope)
 };

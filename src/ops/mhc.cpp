@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include "core/cpu.h"
+#include "core/dtype.h"
 #include "ops/matmul.h"
 #include "qwen/error.h"
 
@@ -24,7 +25,10 @@ namespace qwen::ops {
 namespace detail {
 // mhc_avx2.cpp
 void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const float* phi,
-                            int64_t n_k, float* proj, float* sumsq);
+                            const uint16_t* phi_h, const float* phi_scale, int64_t n_k,
+                            float* proj, float* sumsq);
+void mhc_pack_phi_half_avx2(const float* phi, int64_t rows, int64_t cols, uint16_t* h,
+                            float* scale);
 void mhc_pre_aggregate_avx2(const float* X, const float* h_pre, int64_t n_tok, int64_t n, int64_t C,
                             float* u);
 void mhc_post_merge_avx2(const float* X, const float* h_res, const float* h_post, const float* F,
@@ -153,8 +157,11 @@ void coefficients_forward_impl(const MhcDims& d, const MhcParams<T>& p, const T*
   const ProjShape ps = proj_shape(d, n_tok);
   // Σx² of each projection row goes into r first (mHC: token t's at r[t]; HC: (T, n) in place).
   if (use_avx2<T>(simd)) {
-    if constexpr (std::is_same_v<T, float>)
-      detail::mhc_project_sumsq_avx2(X, ps.rows, ps.cols, p.phi, ps.n_k, out.proj, out.r);
+    if constexpr (std::is_same_v<T, float>) {
+      const bool half = d.mode == HcMode::Mhc && p.phi_half;
+      detail::mhc_project_sumsq_avx2(X, ps.rows, ps.cols, p.phi, half ? p.phi_half : nullptr,
+                                     p.phi_half_scale, ps.n_k, out.proj, out.r);
+    }
   } else {
     project_sumsq_scalar(X, ps.rows, ps.cols, p.phi, ps.n_k, out.proj, out.r);
   }
@@ -252,7 +259,8 @@ void fused_site_in(const MhcDims& d, const MhcParams<float>& p, const float* Xs,
                                   F + t0 * C, count, n, C, X_out + t0 * nc);
     const float* Xg = Xs + t0 * nc;
     float sq[8];
-    detail::mhc_project_sumsq_avx2(Xg, count, nc, p.phi, K, out.proj + t0 * K, sq);
+    detail::mhc_project_sumsq_avx2(Xg, count, nc, p.phi, p.phi_half, p.phi_half_scale, K,
+                                   out.proj + t0 * K, sq);
     for (int64_t l = 0; l < count; ++l) {
       const float r = 1.0f / std::sqrt(sq[l] * inv_cols + float(d.eps));
       for (int64_t j = 0; j < n; ++j) out.r[(t0 + l) * n + j] = r;
@@ -920,6 +928,34 @@ void mhc_site_backward_streams_ref(const MhcDims& d, const MhcParams<float>& p, 
                                    float* g_h_pre, float* g_X, const MhcGrads<float>& g) {
   site_backward_streams_impl(d, p, X, coefs, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g,
                              false);
+}
+
+// ---- Inference copy of phi (F16) ---------------------------------------------------------------
+
+void mhc_pack_phi_half(const MhcDims& d, const float* phi, uint16_t* half, float* scale) {
+  d.validate("mhc_pack_phi_half");
+  const int64_t rows = d.phi_rows(), cols = d.phi_cols();
+  if (cpu_features().avx2) return detail::mhc_pack_phi_half_avx2(phi, rows, cols, half, scale);
+  for (int64_t k = 0; k < rows; ++k) {  // the same rule as the AVX2 pack, one value at a time
+    const float* row = phi + k * cols;
+    float mx = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, std::fabs(row[c]));
+    int e = 0;
+    if (mx > 0.0f && std::isfinite(mx)) {
+      std::frexp(mx, &e);
+      e = std::max(e - 15, -126);  // the scale stays a normal float
+    }
+    scale[k] = std::ldexp(1.0f, e);
+    const float inv = std::ldexp(1.0f, -e);
+    for (int64_t c = 0; c < cols; ++c) half[k * cols + c] = f32_to_f16(row[c] * inv);
+  }
+}
+
+void mhc_unpack_phi_half(const MhcDims& d, const uint16_t* half, const float* scale, float* phi) {
+  d.validate("mhc_unpack_phi_half");
+  const int64_t rows = d.phi_rows(), cols = d.phi_cols();
+  for (int64_t k = 0; k < rows; ++k)
+    for (int64_t c = 0; c < cols; ++c) phi[k * cols + c] = f16_to_f32(half[k * cols + c]) * scale[k];
 }
 
 // ---- Init

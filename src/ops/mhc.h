@@ -61,6 +61,12 @@ struct MhcParams {
   const T* phi = nullptr;    // (phi_rows, phi_cols), see above
   const T* bias = nullptr;   // (K)
   const T* alpha = nullptr;  // (3) pre, post, res
+  // Optional inference copy of phi in IEEE half precision (mhc_pack_phi_half; mHC mode, float,
+  // AVX2 only — elsewhere phi is read): the forward projections (mhc_coefficients_forward,
+  // mhc_site_in, mhc_site_merge_in) then read half the bytes. The decoder sets it; training never
+  // does (the backward always uses phi). What it changes is bounded in docs/mhc.md §10.1.
+  const uint16_t* phi_half = nullptr;   // (phi_rows, phi_cols) F16 bits
+  const float* phi_half_scale = nullptr;  // (phi_rows) powers of two
 };
 
 template <class T>
@@ -170,6 +176,17 @@ void sinkhorn_forward(const T* Z, T* H, int64_t n, int iters);
 int64_t sinkhorn_work_size(int64_t n, int iters);
 template <class T>
 void sinkhorn_backward(const T* Z, const T* g_H, T* g_Z, int64_t n, int iters, T* work);
+
+// ---- Inference copy of phi (F16) ---------------------------------------------------------------
+
+// phi (phi_rows, phi_cols) F32 -> half (phi_rows, phi_cols) F16 bits and scale (phi_rows): row k
+// is phi[k] / scale[k] rounded to nearest, scale[k] the power of two that puts the row's largest
+// |value| in [2^14, 2^15) (1 for a zero row; never below 2^-126, so rows whose largest |value| is
+// under 2^-111 are kept more coarsely). So each value is scale[k]·half[k][c] with a relative
+// error of at most 2^-11 (absolute 2^-25·scale[k] for values below 2^-14·scale[k]), never an
+// overflow. mhc_unpack_phi_half gives those values back as F32 (exactly; tests). Any mode, any CPU.
+void mhc_pack_phi_half(const MhcDims& d, const float* phi, uint16_t* half, float* scale);
+void mhc_unpack_phi_half(const MhcDims& d, const uint16_t* half, const float* scale, float* phi);
 
 // ---- Model-level helpers -----------------------------------------------------------------------
 

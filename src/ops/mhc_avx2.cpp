@@ -7,7 +7,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "ops/mhc.h"
@@ -34,11 +36,47 @@ void for_each_index(int64_t count, bool par, F&& body) {
   }
 }
 
+// Where the projection reads phi from: the F32 parameter itself, or the inference copy in IEEE
+// half precision (mhc_pack_phi_half: row k = phi[k] / scale[k] rounded to F16, scale[k] a power of
+// two), converted to F32 on load (vcvtph2ps, exact) and scaled after the row's sum. The sums are
+// the F32 source's, in the same order, on the values scale[k]·half[k][c]: the half copy gives bit
+// for bit what the F32 path gives on the dequantized phi (a power-of-two scale commutes with
+// every rounding step away from under- and overflow).
+struct PhiF32 {
+  const float* p;
+  __m256 load(int64_t k, int64_t cols, int64_t c) const { return _mm256_loadu_ps(p + k * cols + c); }
+  __m256 load_tail(int64_t k, int64_t cols, int64_t c) const {  // lanes past cols: 0
+    return _mm256_maskload_ps(p + k * cols + c, V::mask(cols - c));
+  }
+  const char* addr(int64_t k, int64_t cols, int64_t c) const {
+    return reinterpret_cast<const char*>(p + k * cols + c);
+  }
+  PhiF32 rows_from(int64_t k, int64_t cols) const { return {p + k * cols}; }
+  float finish(float s, int64_t) const { return s; }
+};
+struct PhiF16 {
+  const uint16_t* p;
+  const float* scale;
+  __m256 load(int64_t k, int64_t cols, int64_t c) const {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + k * cols + c)));
+  }
+  __m256 load_tail(int64_t k, int64_t cols, int64_t c) const {
+    alignas(16) uint16_t b[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // F16 zero
+    std::memcpy(b, p + k * cols + c, size_t(cols - c) * 2);
+    return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(b)));
+  }
+  const char* addr(int64_t k, int64_t cols, int64_t c) const {
+    return reinterpret_cast<const char*>(p + k * cols + c);
+  }
+  PhiF16 rows_from(int64_t k, int64_t cols) const { return {p + k * cols, scale + k}; }
+  float finish(float s, int64_t k) const { return s * scale[k]; }
+};
+
 // proj (TB, KB) and, if SQ, sumsq (TB) for TB rows of X against KB rows of phi, one pass over
 // the cols. Register block: TB·KB accumulators + TB·SQ squares + TB row vectors + 1 phi vector
 // <= 16 ymm for the (TB, KB) pairs picked in project_rows.
-template <int TB, int KB, bool SQ>
-inline void project_block(const float* X, int64_t cols, const float* phi, float* proj, int64_t ldp,
+template <int TB, int KB, bool SQ, class Phi>
+inline void project_block(const float* X, int64_t cols, const Phi& phi, float* proj, int64_t ldp,
                           float* sumsq) {
   __m256 acc[TB][KB];
   __m256 sq[TB];
@@ -54,7 +92,7 @@ inline void project_block(const float* X, int64_t cols, const float* phi, float*
       if constexpr (SQ) sq[t] = _mm256_fmadd_ps(xv[t], xv[t], sq[t]);
     }
     for (int k = 0; k < KB; ++k) {
-      const __m256 pv = _mm256_loadu_ps(phi + k * cols + c);
+      const __m256 pv = phi.load(k, cols, c);
       for (int t = 0; t < TB; ++t) acc[t][k] = _mm256_fmadd_ps(xv[t], pv, acc[t][k]);
     }
   }
@@ -66,31 +104,31 @@ inline void project_block(const float* X, int64_t cols, const float* phi, float*
       if constexpr (SQ) sq[t] = _mm256_fmadd_ps(xv[t], xv[t], sq[t]);
     }
     for (int k = 0; k < KB; ++k) {
-      const __m256 pv = _mm256_maskload_ps(phi + k * cols + c, m);
+      const __m256 pv = phi.load_tail(k, cols, c);
       for (int t = 0; t < TB; ++t) acc[t][k] = _mm256_fmadd_ps(xv[t], pv, acc[t][k]);
     }
   }
   for (int t = 0; t < TB; ++t) {
-    for (int k = 0; k < KB; ++k) proj[t * ldp + k] = V::hsum(acc[t][k]);
+    for (int k = 0; k < KB; ++k) proj[t * ldp + k] = phi.finish(V::hsum(acc[t][k]), k);
     if constexpr (SQ) sumsq[t] = V::hsum(sq[t]);
   }
 }
 
 // project_block<TB, kb, SQ> for a run-time kb in 1..12.
-template <int TB, bool SQ, int KB = 1>
-inline void project_block_n(int kb, const float* X, int64_t cols, const float* phi, float* proj,
+template <int TB, bool SQ, class Phi, int KB = 1>
+inline void project_block_n(int kb, const float* X, int64_t cols, const Phi& phi, float* proj,
                             int64_t ldp, float* sumsq) {
   if constexpr (KB <= 12) {
     if (kb == KB)
       project_block<TB, KB, SQ>(X, cols, phi, proj, ldp, sumsq);
     else
-      project_block_n<TB, SQ, KB + 1>(kb, X, cols, phi, proj, ldp, sumsq);
+      project_block_n<TB, SQ, Phi, KB + 1>(kb, X, cols, phi, proj, ldp, sumsq);
   }
 }
 
 // TB rows: the first block of phi rows also sums the squares, the rest go KB at a time.
-template <int TB>
-void project_rows(const float* X, int64_t cols, const float* phi, int64_t n_k, float* proj,
+template <int TB, class Phi>
+void project_rows(const float* X, int64_t cols, const Phi& phi, int64_t n_k, float* proj,
                   float* sumsq) {
   constexpr int kb_sq = TB == 3 ? 3 : TB == 2 ? 5 : 12;  // with TB squares
   constexpr int kb = TB == 3 ? 4 : TB == 2 ? 6 : 12;
@@ -98,7 +136,7 @@ void project_rows(const float* X, int64_t cols, const float* phi, int64_t n_k, f
   project_block_n<TB, true>(int(k), X, cols, phi, proj, n_k, sumsq);
   while (k < n_k) {
     const int b = int(std::min<int64_t>(kb, n_k - k));
-    project_block_n<TB, false>(b, X, cols, phi + k * cols, proj + k, n_k, nullptr);
+    project_block_n<TB, false>(b, X, cols, phi.rows_from(k, cols), proj + k, n_k, nullptr);
     k += b;
   }
 }
@@ -123,48 +161,52 @@ static float sumsq_row(const float* x, int64_t cols) {  // as project_block's SQ
 }
 
 // KB phi rows against one X row, reading each phi row as a stream with a software prefetch
-// 1 KB ahead (decode: phi comes from L3 or DRAM, and 12 rows 4 KB apart at once are more streams
+// 256 values ahead (1 KB of F32 phi, 512 B of its F16 copy) (decode: phi comes from L3 or DRAM, and 12 rows 4 KB apart at once are more streams
 // than the hardware prefetchers follow). One accumulator per row, the columns in order: the same
 // sums as project_block<1, KB> (bit for bit).
-template <int KB>
-inline void project_stream_block(const float* x, int64_t cols, const float* phi, float* proj) {
+// n_next: rows of the NEXT block (the KB rows after these) whose same columns are prefetched
+// while this block streams, a whole block ahead (in the decoder phi is cold: the token streamed
+// the weights of a sub-layer since this site last ran; measured in the model, fifth pass).
+template <int KB, class Phi>
+inline void project_stream_block(const float* x, int64_t cols, const Phi& phi, float* proj,
+                                 int n_next = 0) {
   __m256 acc[KB];
   for (int k = 0; k < KB; ++k) acc[k] = _mm256_setzero_ps();
   int64_t c = 0;
   for (; c + 16 <= cols; c += 16) {
     const __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
+    for (int k = 0; k < n_next; ++k) _mm_prefetch(phi.addr(KB + k, cols, c), _MM_HINT_T0);
     for (int k = 0; k < KB; ++k) {
-      const float* row = phi + k * cols + c;
-      _mm_prefetch(reinterpret_cast<const char*>(row + 256), _MM_HINT_T0);
-      acc[k] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(row), acc[k]);
-      acc[k] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(row + 8), acc[k]);
+      _mm_prefetch(phi.addr(k, cols, c + 256), _MM_HINT_T0);
+      acc[k] = _mm256_fmadd_ps(x0, phi.load(k, cols, c), acc[k]);
+      acc[k] = _mm256_fmadd_ps(x1, phi.load(k, cols, c + 8), acc[k]);
     }
   }
   for (; c + 8 <= cols; c += 8) {
     const __m256 xv = _mm256_loadu_ps(x + c);
-    for (int k = 0; k < KB; ++k)
-      acc[k] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(phi + k * cols + c), acc[k]);
+    for (int k = 0; k < KB; ++k) acc[k] = _mm256_fmadd_ps(xv, phi.load(k, cols, c), acc[k]);
   }
   if (c < cols) {
-    const __m256i m = V::mask(cols - c);
-    const __m256 xv = _mm256_maskload_ps(x + c, m);
-    for (int k = 0; k < KB; ++k)
-      acc[k] = _mm256_fmadd_ps(xv, _mm256_maskload_ps(phi + k * cols + c, m), acc[k]);
+    const __m256 xv = _mm256_maskload_ps(x + c, V::mask(cols - c));
+    for (int k = 0; k < KB; ++k) acc[k] = _mm256_fmadd_ps(xv, phi.load_tail(k, cols, c), acc[k]);
   }
-  for (int k = 0; k < KB; ++k) proj[k] = V::hsum(acc[k]);
+  for (int k = 0; k < KB; ++k) proj[k] = phi.finish(V::hsum(acc[k]), k);
 }
 
-static void project_stream_rows(const float* x, int64_t cols, const float* phi, int64_t k0,
-                                int64_t k1, float* proj) {
+template <class Phi>
+void project_stream_rows(const float* x, int64_t cols, const Phi& phi, int64_t k0, int64_t k1,
+                         float* proj) {
   int64_t k = k0;
-  for (; k + 6 <= k1; k += 6) project_stream_block<6>(x, cols, phi + k * cols, proj + k);
-  for (; k + 4 <= k1; k += 4) project_stream_block<4>(x, cols, phi + k * cols, proj + k);
-  for (; k < k1; ++k) project_stream_block<1>(x, cols, phi + k * cols, proj + k);
+  for (; k + 6 <= k1; k += 6)
+    project_stream_block<6>(x, cols, phi.rows_from(k, cols), proj + k,
+                            int(std::min<int64_t>(6, k1 - k - 6)));
+  for (; k + 4 <= k1; k += 4) project_stream_block<4>(x, cols, phi.rows_from(k, cols), proj + k);
+  for (; k < k1; ++k) project_stream_block<1>(x, cols, phi.rows_from(k, cols), proj + k);
 }
 
-// proj (rows, n_k) = X (rows, cols) · phiᵀ, phi (n_k, cols); sumsq (rows) = Σ_c X[row, c]².
-void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const float* phi,
-                            int64_t n_k, float* proj, float* sumsq) {
+template <class Phi>
+void project_sumsq(const float* X, int64_t rows, int64_t cols, const Phi& phi, int64_t n_k,
+                   float* proj, float* sumsq) {
   // Few rows (decode): the calling thread streams the phi rows, 6 at a time (no parallel region
   // per site: splitting the rows over the op threads cost more in fork/join and in waiting for a
   // busy second core than it saved on 96 KB).
@@ -189,6 +231,50 @@ void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const fl
     else
       project_rows<1>(x, cols, phi, n_k, p, sumsq + r0);
   });
+}
+
+// proj (rows, n_k) = X (rows, cols) · phiᵀ, phi (n_k, cols); sumsq (rows) = Σ_c X[row, c]². With
+// phi_h (the F16 copy, scale per row) the projection reads it instead of phi.
+void mhc_project_sumsq_avx2(const float* X, int64_t rows, int64_t cols, const float* phi,
+                            const uint16_t* phi_h, const float* phi_scale, int64_t n_k,
+                            float* proj, float* sumsq) {
+  if (phi_h)
+    project_sumsq(X, rows, cols, PhiF16{phi_h, phi_scale}, n_k, proj, sumsq);
+  else
+    project_sumsq(X, rows, cols, PhiF32{phi}, n_k, proj, sumsq);
+}
+
+// h (rows, cols) = phi[k] / scale[k] rounded to F16 (nearest even), scale[k] = the power of two
+// that puts the row's largest |value| in [2^14, 2^15) (1 for a zero row; at least 2^-126), so no
+// value overflows F16's 65504 and the relative rounding is at most 2^-11 down to |phi| =
+// 2^-29·max|row|.
+void mhc_pack_phi_half_avx2(const float* phi, int64_t rows, int64_t cols, uint16_t* h,
+                            float* scale) {
+  for (int64_t k = 0; k < rows; ++k) {
+    const float* row = phi + k * cols;
+    float mx = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, std::fabs(row[c]));
+    int e = 0;
+    if (mx > 0.0f && std::isfinite(mx)) {
+      std::frexp(mx, &e);  // mx = f·2^e, f in [0.5, 1): mx·2^(15−e) in [2^14, 2^15)
+      e = std::max(e - 15, -126);  // the scale stays a normal float (rows below 2^-111: coarser)
+    }
+    scale[k] = std::ldexp(1.0f, e);
+    const __m256 inv = _mm256_set1_ps(std::ldexp(1.0f, -e));
+    uint16_t* o = h + k * cols;
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + c),
+                       _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(row + c), inv),
+                                       _MM_FROUND_TO_NEAREST_INT));
+    if (c < cols) {
+      alignas(16) uint16_t b[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(b),
+                      _mm256_cvtps_ph(_mm256_mul_ps(V::load_n(row + c, cols - c), inv),
+                                      _MM_FROUND_TO_NEAREST_INT));
+      std::memcpy(o + c, b, size_t(cols - c) * 2);
+    }
+  }
 }
 
 // ---- The C-wide loops --------------------------------------------------------------------------
