@@ -9,11 +9,13 @@
 //            bytes read per token (all matrices incl. lm_head), bits per parameter held in memory
 //            and the cap (bytes per token of the first model / of this one).
 // Usage: bench_quant [--reps N] [--threads N] [--only kernels|models]
-//                    [--models DIR[:bf16][:nf4i16][:nf4f32][:lmq8],DIR,...] [--gen N]
+//                    [--models DIR[:bf16][:nf4i16][:nf4f32][:lmq8][:dq],DIR,...] [--gen N]
 //   :bf16 loads the folder as BF16; :nf4i16 / :nf4f32 decode NF4 layers with the 16-bit integer
 //   matvec (ops::nf4_matvec_i16) / the exact f32 one (ops::nf4_matvec_f32) instead of the
 //   registered 8-bit integer one (ops::nf4_matvec); :lmq8 re-quantises
-//   lm_head to Q8_0 in memory (bench only, clearly labelled in the table).
+//   lm_head to Q8_0 in memory (bench only, clearly labelled in the table); :dq keeps an NF4
+//   folder's absmax double-quantised in memory as a QLoRA base does (Model::load nf4_compact),
+//   instead of the f32 absmax inference loads it with (ops::nf4_matrix_expand_absmax).
 //   --ppl FILE: first the perplexity of FILE's text (each model's own tokenizer) through the
 //   decode path and the prefill path, per model (--reps 0: only that).
 #include <cmath>
@@ -66,6 +68,16 @@ struct WeightSet {
     else qwen::convert_from_f32(w.data(), wt, one.data(), size_t(N * K));
     for (int i = 0; i < n_copies; ++i) copies.push_back(one);
   }
+  // NF4 with the absmax decoded to f32, as inference loads it (ops::nf4_matrix_expand_absmax).
+  static WeightSet nf4_expanded(const WeightSet& dq) {
+    WeightSet e;
+    for (const auto& c : dq.copies) e.copies.push_back(qwen::ops::nf4_matrix_expand_absmax(c.data()));
+    e.bytes_each = e.copies[0].size();
+    return e;
+  }
+
+ private:
+  WeightSet() = default;
 };
 
 const DType kTypes[] = {DType::F32, DType::BF16, DType::Q8_0, DType::NF4};
@@ -78,36 +90,39 @@ void bench_kernels(int reps) {
   struct Shape { int64_t N, K; const char* what; };
   const Shape shapes[] = {{2048, 768, "gate/up (2048x768)"}, {768, 2048, "down (768x2048)"},
                           {768, 768, "q/o (768x768)"}};
-  // The registered kernel of each dtype (NF4: the 8-bit integer matvec), plus NF4's 16-bit
-  // integer and exact f32 kernels (ops::nf4_matvec_i16, ops::nf4_matvec_f32) as rows 5 and 6, on
-  // the NF4 weights.
+  // The registered kernel of each dtype (NF4: the 8-bit integer matvec, on the double-quantised
+  // absmax a QLoRA base keeps), the same on NF4 with f32 absmax as inference loads it (row
+  // nf4-am32), plus NF4's 16-bit integer and exact f32 kernels (ops::nf4_matvec_i16,
+  // ops::nf4_matvec_f32) on the double-quantised weights.
   std::printf("matvec, weights cold (set of copies >= 256 MiB F32-equivalent cycled):\n");
   std::printf("%-20s %8s %10s %10s %12s %10s %10s\n", "shape", "dtype", "us/call", "GB/s", "% roofline",
               "vs BF16", "byte cap");
-  constexpr size_t kRows = 6;
-  const char* names[kRows] = {"f32", "bf16", "q8_0", "nf4", "nf4-i16", "nf4-f32"};
+  constexpr size_t kRows = 7;
+  const char* names[kRows] = {"f32", "bf16", "q8_0", "nf4", "nf4-am32", "nf4-i16", "nf4-f32"};
+  const size_t set_of[kRows] = {0, 1, 2, 3, 4, 3, 3};
   for (const Shape& s : shapes) {
     const int n_copies = int(std::max<int64_t>(8, (int64_t(256) << 20) / (s.N * s.K * 4)));
     std::vector<WeightSet> sets;
     for (DType t : kTypes) sets.emplace_back(s.N, s.K, t, n_copies);
+    sets.push_back(WeightSet::nf4_expanded(sets[3]));
     const auto x = randn(size_t(s.K), 3, 1.0f);
     std::vector<float> y(size_t(s.N));
     std::vector<std::vector<double>> us(kRows);
     for (int r = 0; r < reps; ++r)
       for (size_t ti = 0; ti < kRows; ++ti) {
-        const WeightSet& ws = sets[std::min<size_t>(ti, 3)];
+        const WeightSet& ws = sets[set_of[ti]];
         const double t0 = now_s();
         for (int c = 0; c < n_copies; ++c) {
           const void* w = ws.copies[size_t(c)].data();
-          if (ti == 4) qwen::ops::nf4_matvec_i16(w, x.data(), y.data(), s.N, s.K, false);
-          else if (ti == 5) qwen::ops::nf4_matvec_f32(w, x.data(), y.data(), s.N, s.K, false);
-          else qwen::ops::matvec(w, kTypes[ti], x.data(), y.data(), s.N, s.K);
+          if (ti == 5) qwen::ops::nf4_matvec_i16(w, x.data(), y.data(), s.N, s.K, false);
+          else if (ti == 6) qwen::ops::nf4_matvec_f32(w, x.data(), y.data(), s.N, s.K, false);
+          else qwen::ops::matvec(w, kTypes[std::min<size_t>(ti, 3)], x.data(), y.data(), s.N, s.K);
         }
         us[ti].push_back((now_s() - t0) / n_copies * 1e6);
       }
     const double bf16_us = median(us[1]);
     for (size_t ti = 0; ti < kRows; ++ti) {
-      const WeightSet& ws = sets[std::min<size_t>(ti, 3)];
+      const WeightSet& ws = sets[set_of[ti]];
       const double u = median(us[ti]), gbs = double(ws.bytes_each) / (u * 1e-6) * 1e-9;
       std::printf("%-20s %8s %10.1f %10.1f %11.0f%% %9.2fx %9.2fx\n", s.what, names[ti], u, gbs,
                   100.0 * gbs / dram, bf16_us / u, double(sets[1].bytes_each) / double(ws.bytes_each));
@@ -235,24 +250,25 @@ void bench_models(const std::string& list, int reps, int64_t gen_len, const std:
     if (item.empty()) continue;
     Entry e;
     DType dt = DType::BF16;
-    // DIR[:bf16][:nf4i16][:nf4f32][:lmq8] (any order after DIR)
-    bool as_bf16 = false;
+    // DIR[:bf16][:nf4i16][:nf4f32][:lmq8][:dq] (any order after DIR)
+    bool as_bf16 = false, compact = false;
     for (size_t c; (c = item.find_last_of(':')) != std::string::npos && c > 0;) {
       const std::string opt = item.substr(c + 1);
       if (opt == "bf16") as_bf16 = true;
       else if (opt == "nf4f32") e.nf4 = qwen::ops::detail::Nf4Decode::kF32;
       else if (opt == "nf4i16") e.nf4 = qwen::ops::detail::Nf4Decode::kInt16;
       else if (opt == "lmq8") e.lm_q8 = true;
+      else if (opt == "dq") compact = true;
       else break;
       item = item.substr(0, c);
     }
     e.dir = item;
-    e.m = qwen::Model::load(e.dir, as_bf16 ? &dt : nullptr);
+    e.m = qwen::Model::load(e.dir, as_bf16 ? &dt : nullptr, compact);
     e.label = e.dir.substr(e.dir.find_last_of('/') + 1) + (as_bf16 ? " (as bf16)" : "") +
               (e.nf4 == qwen::ops::detail::Nf4Decode::kF32     ? " [f32 kernel]"
                : e.nf4 == qwen::ops::detail::Nf4Decode::kInt16 ? " [i16 kernel]"
                                                                 : "") +
-              (e.lm_q8 ? " [lm_head q8_0]" : "");
+              (e.lm_q8 ? " [lm_head q8_0]" : "") + (compact ? " [dq absmax]" : "");
     if (e.lm_q8) lm_head_to_q8_0(*e.m, e.lm_q8_buf);
     es.push_back(std::move(e));
   }

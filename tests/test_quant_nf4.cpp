@@ -14,6 +14,8 @@
 #include "core/cpu.h"
 #include "io/nf4_format.h"
 #include "io/safetensors.h"
+#include "model/decoder.h"
+#include "model/model.h"
 #include "ops/matmul.h"
 #include "ops/nf4.h"
 #include "ops/quant.h"
@@ -539,6 +541,169 @@ TEST(Nf4Kernels, InputBackwardMatchesReference) {
       }
     }
   }
+}
+
+// ---- the f32-absmax form inference loads (ops::nf4_matrix_expand_absmax) ----
+
+namespace {
+
+// A double-quantised matrix with its own nested map (kNf4OwnMap: a folder whose
+// nested_quant_map is not bitsandbytes' dynamic map), made from m's arrays with a different map.
+std::vector<uint8_t> with_own_map(const std::vector<uint8_t>& m) {
+  const ops::Nf4View v = ops::nf4_view(m.data());
+  const int64_t N = v.rows(), K = v.cols(), nb = N * K / 64;
+  std::vector<float> map(256);
+  for (int i = 0; i < 256; ++i) map[size_t(i)] = v.map[i] * 0.75f + 0.001f * float(i % 7);
+  std::vector<uint8_t> o(ops::nf4_matrix_bytes(N, K, true, true));
+  const ops::Nf4View w = ops::nf4_matrix_init(o.data(), N, K, true, v.h->offset, v.h->nested_blocksize, map.data());
+  std::memcpy(const_cast<uint8_t*>(w.codes), v.codes, size_t(N * K / 2));
+  std::memcpy(const_cast<uint8_t*>(w.absmax_codes), v.absmax_codes, size_t(nb));
+  std::memcpy(const_cast<float*>(w.nested), v.nested, size_t((nb + 255) / 256) * 4);
+  return o;
+}
+
+void expect_same(const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << what << " differs";
+}
+
+}  // namespace
+
+// Expanding the double-quantised absmax to f32 keeps the codes, stores exactly nf4_block_absmax's
+// values (36 B per 64 weights), and every kernel (dequantise, the three matvecs, their reference,
+// matmul, the input backward) gives bit-identical results on the two forms: odd shapes, rows
+// straddling nested blocks, a matrix large enough for the threaded paths, the built-in and an own
+// nested map. A plain matrix is returned unchanged.
+TEST(Nf4Kernels, ExpandedAbsmaxIsBitIdentical) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 0.04f);
+  struct Shape { int64_t N, K; };
+  for (const Shape s : {Shape{37, 64 * 19}, Shape{5, 64}, Shape{301, 320}, Shape{3, 128 * 9}}) {
+    std::vector<float> wsrc(size_t(s.N * s.K));
+    for (auto& v : wsrc) v = nd(rng);
+    wsrc[3] = 0.7f;
+    const std::vector<uint8_t> base = ops::nf4_quantize_matrix(wsrc.data(), s.N, s.K, true);
+    for (bool own : {false, true}) {
+      SCOPED_TRACE(std::to_string(s.N) + "x" + std::to_string(s.K) + (own ? " own map" : " bnb map"));
+      const std::vector<uint8_t> m = own ? with_own_map(base) : base;
+      const std::vector<uint8_t> e = ops::nf4_matrix_expand_absmax(m.data());
+      const ops::Nf4View vm = ops::nf4_view(m.data()), ve = ops::nf4_view(e.data());
+      ASSERT_NE(vm.absmax_codes, nullptr);
+      ASSERT_NE(ve.absmax_f32, nullptr);
+      EXPECT_EQ(ve.absmax_codes, nullptr);
+      EXPECT_EQ(ve.h->flags & ops::kNf4DoubleQuant, 0u);
+      EXPECT_EQ(ve.rows(), s.N);
+      EXPECT_EQ(ve.cols(), s.K);
+      EXPECT_EQ(e.size(), ops::nf4_matrix_bytes(s.N, s.K, false));
+      EXPECT_EQ(std::memcmp(ve.codes, vm.codes, size_t(s.N * s.K / 2)), 0);
+      const int64_t nb = s.N * s.K / 64;
+      std::vector<float> am(static_cast<size_t>(nb));
+      ops::nf4_block_absmax(vm, 0, nb, am.data());
+      EXPECT_EQ(std::memcmp(ve.absmax_f32, am.data(), size_t(nb) * 4), 0);
+      if (own) {  // the own map matters: the expanded values differ from the bnb map's
+        std::vector<float> am0(static_cast<size_t>(nb));
+        ops::nf4_block_absmax(ops::nf4_view(base.data()), 0, nb, am0.data());
+        EXPECT_NE(std::memcmp(am0.data(), am.data(), size_t(nb) * 4), 0);
+      }
+      const int64_t N = s.N, K = s.K;
+      std::vector<float> a(size_t(N * K)), b(size_t(N * K));
+      ops::nf4_dequantize(m.data(), a.data(), N * K);
+      ops::nf4_dequantize(e.data(), b.data(), N * K);
+      expect_same(a, b, "dequantize");
+      ops::nf4_dequantize_ref(m.data(), a.data(), N * K);
+      ops::nf4_dequantize_ref(e.data(), b.data(), N * K);
+      expect_same(a, b, "dequantize_ref");
+      const std::vector<float> x = random_vec(size_t(K), rng);
+      using Mv = void (*)(const void*, const float*, float*, int64_t, int64_t, bool);
+      const std::pair<const char*, Mv> mvs[] = {{"matvec (8-bit)", ops::nf4_matvec},
+                                                {"matvec_i16", ops::nf4_matvec_i16},
+                                                {"matvec_f32", ops::nf4_matvec_f32},
+                                                {"matvec_ref", ops::nf4_matvec_ref}};
+      for (const auto& [name, f] : mvs)
+        for (bool acc : {false, true}) {
+          std::vector<float> ya(size_t(N), 0.5f), yb(size_t(N), 0.5f);
+          f(m.data(), x.data(), ya.data(), N, K, acc);
+          f(e.data(), x.data(), yb.data(), N, K, acc);
+          expect_same(ya, yb, name);
+        }
+      for (int64_t M : {1, 3}) {
+        const std::vector<float> X = random_vec(size_t(M * K), rng);
+        std::vector<float> ya(size_t(M * N)), yb(size_t(M * N));
+        ops::nf4_matmul(X.data(), m.data(), ya.data(), M, N, K, false);
+        ops::nf4_matmul(X.data(), e.data(), yb.data(), M, N, K, false);
+        expect_same(ya, yb, "matmul");
+        ops::matmul(X.data(), e.data(), DType::NF4, yb.data(), M, N, K);
+        expect_same(ya, yb, "ops::matmul");
+        const std::vector<float> dY = random_vec(size_t(M * N), rng);
+        std::vector<float> da(size_t(M * K)), db(size_t(M * K));
+        ops::nf4_matmul_input_backward(dY.data(), m.data(), da.data(), M, N, K, false);
+        ops::nf4_matmul_input_backward(dY.data(), e.data(), db.data(), M, N, K, false);
+        expect_same(da, db, "input backward");
+      }
+    }
+    const std::vector<uint8_t> plain = ops::nf4_quantize_matrix(wsrc.data(), s.N, s.K, false);
+    EXPECT_EQ(ops::nf4_matrix_expand_absmax(plain.data()), plain);
+  }
+  EXPECT_THROW(ops::nf4_matrix_expand_absmax(std::vector<uint8_t>(256, 0).data()), Error);
+}
+
+// A 4-bit folder (transformers + bitsandbytes wrote it, double-quantised) loads for inference with
+// f32 absmax (~4.5 bits per weight) and, with nf4_compact (a QLoRA base), double-quantised as the
+// file holds it (~4.13); the logits of the two are bit-identical.
+TEST(Nf4Kernels, FolderLoadsExpandedForInferenceAndCompactForQlora) {
+  const std::string dir = data_path("quant/hf_nf4_qwen2");
+  const auto fast = Model::load(dir);
+  const auto compact = Model::load(dir, nullptr, /*nf4_compact=*/true);
+  int64_t n_nf4 = 0;
+  size_t bytes_fast = 0, bytes_compact = 0;
+  int64_t weights = 0;
+  for (size_t i = 0; i < fast->layers().size(); ++i)
+    for (auto pick : {&LayerWeights::q, &LayerWeights::k, &LayerWeights::v, &LayerWeights::o,
+                      &LayerWeights::gate, &LayerWeights::up, &LayerWeights::down}) {
+      const Linear& lf = fast->layers()[i].*pick;
+      const Linear& lc = compact->layers()[i].*pick;
+      ASSERT_EQ(lf.dtype, lc.dtype);
+      if (lf.dtype != DType::NF4) continue;
+      ++n_nf4;
+      EXPECT_NE(ops::nf4_view(lf.w).absmax_f32, nullptr);
+      EXPECT_NE(ops::nf4_view(lc.w).absmax_codes, nullptr);
+      bytes_fast += ops::nf4_total_bytes(lf.w);
+      bytes_compact += ops::nf4_total_bytes(lc.w);
+      EXPECT_EQ(ops::nf4_total_bytes(lf.w), ops::nf4_matrix_bytes(lf.n_out, lf.n_in, false));
+      EXPECT_EQ(ops::nf4_total_bytes(lc.w), ops::nf4_matrix_bytes(lc.n_out, lc.n_in, true));
+      weights += lf.n_out * lf.n_in;
+    }
+  ASSERT_GT(n_nf4, 0);
+  const double bits_fast = 8.0 * double(bytes_fast) / double(weights);
+  const double bits_compact = 8.0 * double(bytes_compact) / double(weights);
+  std::printf("NF4 matrices: %lld, %.3f bits/weight compact (QLoRA), %.3f expanded (inference)\n",
+              (long long)n_nf4, bits_compact, bits_fast);
+  // On a real shape (2048x768) the expansion costs 3 B per 64 weights: +0.375 bit (4.13 -> 4.5).
+  const double extra = 8.0 * double(ops::nf4_matrix_bytes(2048, 768, false) - ops::nf4_matrix_bytes(2048, 768, true)) /
+                       (2048.0 * 768.0);
+  EXPECT_NEAR(extra, 0.375, 0.002);
+  EXPECT_GT(bits_fast, bits_compact);
+  const std::vector<int32_t> ids = {1, 17, 5, 42, 9, 3, 28};
+  const int64_t T = int64_t(ids.size());
+  std::vector<float> lf, lc;
+  for (const Model* m : {fast.get(), compact.get()}) {
+    KvCache cache(m->config(), 1, T);
+    Decoder dec(*m, T);
+    std::vector<float> logits(size_t(T * m->config().vocab_size));
+    SeqChunk ch{0, T, ids.data()};
+    dec.forward(cache, &ch, 1, LogitsMode::kAll, logits.data());
+    (m == fast.get() ? lf : lc) = logits;
+    // Decode path (one token per forward: the matvec) too.
+    KvCache c2(m->config(), 1, T);
+    Decoder d2(*m, 1);
+    std::vector<float> step(size_t(m->config().vocab_size));
+    for (int64_t t = 0; t < T; ++t) {
+      SeqChunk one{0, 1, ids.data() + t};
+      d2.forward(c2, &one, 1, LogitsMode::kLast, step.data());
+    }
+    (m == fast.get() ? lf : lc).insert((m == fast.get() ? lf : lc).end(), step.begin(), step.end());
+  }
+  expect_same(lf, lc, "logits");
 }
 
 // The scalar paths (QWEN_ISA=scalar or a CPU without AVX2) equal the references; the AVX2

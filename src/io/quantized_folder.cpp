@@ -49,7 +49,8 @@ enum class Method { Nf4, Q8_0 };
 
 class Loader {
  public:
-  Loader(const std::string& dir, Method method, Owner* own) : dir_(dir), method_(method), own_(own) {}
+  Loader(const std::string& dir, Method method, Owner* own, bool nf4_compact)
+      : dir_(dir), method_(method), own_(own), nf4_compact_(nf4_compact) {}
 
   const TensorInfo& need(const std::string& name, const char* what) const {
     const TensorInfo* t = own_->ckpt->find(name);
@@ -140,8 +141,12 @@ class Loader {
       q.absmax.assign(static_cast<const float*>(am.data), static_cast<const float*>(am.data) + nb);
     }
     if (q.blocksize == ops::kNf4Block && cols % ops::kNf4Block == 0) {
-      // Kept double-quantised as the file holds it (~4.13 bits/weight; f32 absmax without).
+      // Kept double-quantised as the file holds it (~4.13 bits/weight; f32 absmax without) when
+      // nf4_compact (a QLoRA base); otherwise the absmax is decoded once to f32 for the decode
+      // matvec (ops::nf4_matrix_expand_absmax: bit-identical results, ~4.5 bits/weight).
       own_->bufs.push_back(bnb_to_nf4_matrix(q));
+      if (q.double_quant && !nf4_compact_)
+        own_->bufs.back() = ops::nf4_matrix_expand_absmax(own_->bufs.back().data());
       *dt = DType::NF4;
       return own_->bufs.back().data();
     }
@@ -165,6 +170,7 @@ class Loader {
   std::string dir_;
   Method method_;
   Owner* own_;
+  bool nf4_compact_;
 };
 
 nlohmann::json read_quant_config(const std::string& dir) {
@@ -210,12 +216,12 @@ bool is_quantized_folder(const std::string& dir) {
   }
 }
 
-std::unique_ptr<Model> load_quantized_folder(const std::string& dir) {
+std::unique_ptr<Model> load_quantized_folder(const std::string& dir, bool nf4_compact) {
   const Method method = method_of(read_quant_config(dir), dir);
   const ModelConfig c = ModelConfig::from_file((fs::path(dir) / "config.json").string());
   auto own = std::make_shared<Owner>();
   own->ckpt = Checkpoint::open(dir);
-  Loader ld(dir, method, own.get());
+  Loader ld(dir, method, own.get(), nf4_compact);
   const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, D = c.head_dim;
   auto lin = [&](const std::string& p, int64_t out, int64_t in, bool bias) {
     Linear l;

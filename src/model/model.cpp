@@ -109,7 +109,7 @@ std::unique_ptr<Model> Model::from_weights(const ModelConfig& cfg, std::shared_p
   return m;
 }
 
-std::unique_ptr<Model> Model::load(const std::string& dir, const DType* weight_dtype) {
+std::unique_ptr<Model> Model::load(const std::string& dir, const DType* weight_dtype, bool nf4_compact) {
   if (dir.size() > 5 && dir.substr(dir.size() - 5) == ".gguf") {
     if (weight_dtype) throw Error("--dtype cannot convert a GGUF model's weights; leave it out");
     return io::load_gguf_model(dir);
@@ -117,7 +117,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const DType* weight_d
   if (!fs::is_directory(dir)) throw Error("model folder '" + dir + "' does not exist");
   if (io::is_quantized_folder(dir)) {
     if (weight_dtype) throw Error("--dtype cannot convert a quantised model folder; leave it out");
-    return io::load_quantized_folder(dir);
+    return io::load_quantized_folder(dir, nf4_compact);
   }
   std::unique_ptr<Model> m(new Model());
   m->cfg_ = ModelConfig::from_file((fs::path(dir) / "config.json").string());

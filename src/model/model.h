@@ -63,8 +63,11 @@ class Model {
   // tensors in a checkpoint whose config lacks use_mhc (or the reverse) are an error naming one.
   // If weight_dtype is given (F32/BF16/F16), matrices are converted to it at load time.
   // A path ending in .gguf is read as a GGUF file (io/gguf_model.h); a folder whose config.json
-  // has a quantization_config is read as a quantised folder (io/quantized_folder.h).
-  static std::unique_ptr<Model> load(const std::string& dir, const DType* weight_dtype = nullptr);
+  // has a quantization_config is read as a quantised folder (io/quantized_folder.h); its NF4
+  // matrices get their absmax decoded to f32 for a fast decode unless nf4_compact (a QLoRA base:
+  // keep bitsandbytes' double-quantised ~4.13 bits/weight).
+  static std::unique_ptr<Model> load(const std::string& dir, const DType* weight_dtype = nullptr,
+                                     bool nf4_compact = false);
   // Assemble a model from weights already in memory (GGUF reader, quantised folders, training).
   // `keep` owns whatever the pointers point into (a file mapping, buffers) and lives as long as
   // the model. Shapes must agree with cfg; lm_head may alias embed (tied).

@@ -151,6 +151,20 @@ void nf4_block_absmax(const Nf4View& v, int64_t b0, int64_t n, float* out) {
   }
 }
 
+std::vector<uint8_t> nf4_matrix_expand_absmax(const void* W) {
+  const Nf4View v = nf4_view(W);
+  const int64_t N = v.rows(), K = v.cols(), nb = N * K / kNf4Block;
+  if (!v.absmax_codes) {
+    const auto* p = static_cast<const uint8_t*>(W);
+    return std::vector<uint8_t>(p, p + v.h->total_bytes);
+  }
+  std::vector<uint8_t> m(nf4_matrix_bytes(N, K, false));
+  const Nf4View e = nf4_matrix_init(m.data(), N, K, false, v.h->offset, v.h->nested_blocksize, nullptr);
+  std::memcpy(const_cast<uint8_t*>(e.codes), v.codes, size_t(N * K / 2));
+  nf4_block_absmax(v, 0, nb, const_cast<float*>(e.absmax_f32));
+  return m;
+}
+
 std::vector<uint8_t> nf4_quantize_matrix(const float* src, int64_t N, int64_t K, bool double_quant) {
   if (K % kNf4Block != 0)
     throw Error("NF4 quantisation: row length " + std::to_string(K) +

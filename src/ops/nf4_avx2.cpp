@@ -258,7 +258,8 @@ inline void rows_act16(const I16Planes& tp, const uint8_t* codes, const int16_t*
 // it wrote there. A vpgatherdd lookup was slower than the scalar copy; pass (1)-(2) is ~5% faster
 // than one scalar loop doing everything. Decoding the absmax costs ~25% of the matvec's time
 // (docs/quantization.md), the price of keeping it double-quantised (4.13 bits per weight instead
-// of 4.63 with f32 absmax).
+// of 4.5 with f32 absmax): so inference loads NF4 folders with the absmax decoded once to f32
+// (nf4_matrix_expand_absmax) and only a QLoRA base takes this path.
 void row_scales(const Nf4View& v, int64_t r0, int64_t n_rows, int64_t nb, const float* xs, float* sc,
                 float* tmp) {
   const int64_t g0 = r0 * nb, n = n_rows * nb;

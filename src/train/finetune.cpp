@@ -184,7 +184,7 @@ FinetuneResult run_finetune(FinetuneOptions o, const std::set<std::string>& give
   if (!o.val_data.empty()) val_data = std::make_unique<SftDataset>(SftDataset::load(o.val_data, tok, so));
 
   // The frozen base (quantised to NF4 if asked) and the adapter.
-  std::unique_ptr<Model> loaded = Model::load(o.base);
+  std::unique_ptr<Model> loaded = Model::load(o.base, nullptr, /*nf4_compact=*/true);  // QLoRA: ~4.13 bits
   const ModelConfig& cfg = loaded->config();
   if (tok.vocab_size() > cfg.vocab_size)
     throw Error("the tokenizer in '" + o.base + "' has " + std::to_string(tok.vocab_size()) +
