@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 
+#include "core/cpu.h"
 #include "io/safetensors.h"
 #include "ops/matmul.h"
 #include "ops/q8_0.h"
@@ -98,16 +99,20 @@ TEST(Q8_0, KernelsMatchReferenceOnOddShapes) {
           ops::q8_0_matmul_ref(X.data(), W.data(), ref.data(), M, N, K, acc);
           ops::q8_0_matmul(X.data(), W.data(), got.data(), M, N, K, acc);
           ops::matmul(X.data(), W.data(), DType::Q8_0, via.data(), M, N, K, acc);
+          std::vector<float> deq(size_t(M * N), 0.75f);
+          ops::q8_0_matmul_dequant(X.data(), W.data(), deq.data(), M, N, K, acc);
           for (int64_t m = 0; m < M; ++m)
             for (int64_t n = 0; n < N; ++n) {
               double abs_sum = acc ? 0.75 : 0.0;
               for (int64_t k = 0; k < K; ++k) abs_sum += std::fabs(double(X[size_t(m * K + k)]) * wf[size_t(n * K + k)]);
-              // M = 1 runs the decode matvec, whose activations are rounded to 16 bits.
-              const double tol = double(K + 4) * 6e-8 * abs_sum + 1e-30 +
-                                 (M == 1 ? act16_bound(X.data(), wf.data() + n * K, K) : 0.0);
+              // Every M runs the 16-bit-activation integer kernels (matvec, multi-row matmul);
+              // the dequantise + GEMM path keeps x exact.
+              const double tol_f32 = double(K + 4) * 6e-8 * abs_sum + 1e-30;
+              const double tol = tol_f32 + act16_bound(X.data() + m * K, wf.data() + n * K, K);
               const size_t i = size_t(m * N + n);
               ASSERT_NEAR(got[i], ref[i], tol);
               ASSERT_NEAR(via[i], ref[i], tol);
+              ASSERT_NEAR(deq[i], ref[i], tol_f32);
             }
           if (M == 1) {
             std::vector<float> y(size_t(N), 0.75f), yr(size_t(N), 0.75f);
@@ -123,6 +128,44 @@ TEST(Q8_0, KernelsMatchReferenceOnOddShapes) {
       }
     }
   }
+}
+
+// The property the serving engine relies on to drop its batch-invariance companion row: every
+// row of the multi-row matmul is bit-identical to the M = 1 matvec of that row, whatever M, the
+// thread count, N % 4 (the last rows take the matvec's one-row path) and accumulate.
+TEST(Q8_0, MatmulRowsBitIdenticalToMatvec) {
+  const int saved_threads = num_threads();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t N : {1, 3, 4, 5, 13, 130}) {
+    for (int64_t K : {32, 96, 800}) {
+      std::vector<float> w(size_t(N * K));
+      for (auto& v : w) v = nd(rng) * 0.05f;
+      std::vector<uint8_t> W(size_t(N * K / 32 * 34));
+      ops::q8_0_quantize(w.data(), W.data(), N * K);
+      for (int64_t M : {2, 3, 4, 5, 9, 37}) {
+        SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M));
+        std::vector<float> X(size_t(M * K));
+        for (auto& v : X) v = nd(rng) * (1.0f + float(rng() % 100));
+        // a zero block and a row of one huge value: the scales' edge cases
+        std::fill(X.begin(), X.begin() + 32, 0.0f);
+        X[size_t(K - 1)] = 3e4f;
+        for (bool acc : {false, true})
+          for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            std::vector<float> Y(size_t(M * N));
+            for (auto& v : Y) v = nd(rng);
+            std::vector<float> want = Y;
+            ops::q8_0_matmul(X.data(), W.data(), Y.data(), M, N, K, acc);
+            for (int64_t m = 0; m < M; ++m)
+              ops::q8_0_matvec(W.data(), X.data() + m * K, want.data() + m * N, N, K, acc);
+            ASSERT_EQ(std::memcmp(Y.data(), want.data(), Y.size() * sizeof(float)), 0)
+                << "threads=" << threads << " acc=" << acc;
+          }
+      }
+    }
+  }
+  set_num_threads(saved_threads);
 }
 
 TEST(Q8_0, RejectsRowLengthNotMultipleOf32) {

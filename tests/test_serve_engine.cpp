@@ -20,6 +20,7 @@
 #include "model/decoder.h"
 #include "model/model.h"
 #include "ops/matmul.h"
+#include "ops/q8_0.h"
 #include "ops/quant.h"
 #include "qwen/tokenizer.h"
 #include "serve/engine.h"
@@ -138,6 +139,26 @@ TEST(ServeEngine, PagedCacheMatchesContiguousCache) {
 
 // ---- batch invariance -----------------------------------------------------------------------
 
+// A random model whose seven projections per layer are quantised to Q8_0 (embedding, norms and
+// the LM head stay F32).
+std::unique_ptr<Model> random_q8_0_model(const ModelConfig& c, uint64_t seed) {
+  std::shared_ptr<Model> base = Model::random(c, seed);
+  std::vector<LayerWeights> layers = base->layers();
+  auto bufs = std::make_shared<std::vector<std::vector<uint8_t>>>();
+  bufs->reserve(layers.size() * 7);
+  for (LayerWeights& L : layers)
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
+      bufs->emplace_back(size_t(l->n_out) * dtype_row_bytes(DType::Q8_0, l->n_in));
+      ops::quantize_matrix(DType::Q8_0, static_cast<const float*>(l->w), bufs->back().data(),
+                           l->n_out, l->n_in);
+      l->w = bufs->back().data();
+      l->dtype = DType::Q8_0;
+    }
+  auto keep = std::make_shared<std::pair<std::shared_ptr<Model>, decltype(bufs)>>(base, bufs);
+  return Model::from_weights(base->config(), keep, base->embed(), base->embed_dtype(),
+                             base->final_norm(), base->lm_head(), layers);
+}
+
 struct InvarianceCase {
   const char* what;
   int32_t block_size;
@@ -154,6 +175,10 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
       {"greedy, tight pool: preemption and recomputation", 4, 64, 40, false, DType::F32},
       {"seeded sampling", 16, 40, 0, true, DType::F32},
       {"greedy, BF16 weights", 8, 512, 0, false, DType::BF16},
+      // Q8_0 projections: with pre-packing (F32 LM head packed) there is no companion row, the
+      // multi-row Q8_0 kernel alone keeps every row's sums independent of the batch.
+      {"greedy, Q8_0 projections, chunked prefill", 4, 24, 0, false, DType::Q8_0},
+      {"seeded sampling, Q8_0 projections", 16, 40, 0, true, DType::Q8_0},
   };
   // Both ways to batch invariance: pre-packed weights (a packed 1-row product rounds as a batched
   // one, no companion row) and raw weights with the companion row.
@@ -161,7 +186,8 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.what);
     SCOPED_TRACE(prepack ? "pre-packed weights" : "raw weights, companion row");
-    auto m = Model::random(small_config(384, 4, 2), 42, tc.dtype);
+    auto m = tc.dtype == DType::Q8_0 ? random_q8_0_model(small_config(384, 4, 2), 42)
+                                     : Model::random(small_config(384, 4, 2), 42, tc.dtype);
     std::vector<Tokens> prompts = random_prompts(8, 384, 7, 3, 45);
     std::vector<GenerationRequest> reqs;
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -204,8 +230,8 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
 }
 
 // prepack_weights files every projection and the (tied) LM head with the matmul registry while
-// the engine lives, and releases them with it; quantised weights, LoRA and mHC keep the
-// companion row, as does prepack_weights = false.
+// the engine lives, and releases them with it; LoRA and mHC keep the companion row, as does
+// prepack_weights = false; a Q8_0 weight does not need it (its matmul rows sum as its matvec).
 TEST(ServeEngine, PrepackedWeightsLiveAsLongAsTheEngine) {
   ModelConfig c = small_config(384, 4, 2);
   c.tie_word_embeddings = true;
@@ -243,7 +269,8 @@ TEST(ServeEngine, PrepackedWeightsLiveAsLongAsTheEngine) {
   }
   EXPECT_EQ(ops::find_prepacked_weight(q0.w, q0.dtype, q0.n_out, q0.n_in), nullptr);
   EXPECT_EQ(ops::find_prepacked_weight(head.w, head.dtype, head.n_out, head.n_in), nullptr);
-  // A quantised weight is not packed, so the companion row stays.
+  // A Q8_0 weight is not packed, but its multi-row kernel sums each row exactly as the 1-row
+  // matvec (ops/q8_0.h), so with the float weights packed no companion row is needed.
   std::shared_ptr<Model> base = Model::random(small_config(384, 4, 2), 9);
   std::vector<LayerWeights> layers = base->layers();
   Linear& d = layers[0].down;
@@ -261,7 +288,9 @@ TEST(ServeEngine, PrepackedWeightsLiveAsLongAsTheEngine) {
   ec.prepack_weights = true;
   Engine eq(*mq, nullptr, ec);
   EXPECT_EQ(eq.n_packed_weights(), 7 * 2);
-  EXPECT_TRUE(eq.uses_companion_row());
+  EXPECT_EQ(eq.uses_companion_row(), !ops::q8_0_matmul_row_invariant());
+  ec.prepack_weights = false;  // the float weights unpacked: the companion row is back
+  EXPECT_TRUE(Engine(*mq, nullptr, ec).uses_companion_row());
 }
 
 TEST(ServeEngine, PrefixCacheReusesBlocksAndKeepsOutput) {

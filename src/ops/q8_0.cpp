@@ -116,6 +116,17 @@ static void q8_0_dequant_rows(const void* W, int64_t row0, int64_t n_rows, int64
 
 void q8_0_matmul(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc) {
   if (M == 1) return q8_0_matvec(W, X, Y, N, K, acc);
+  // Every M on the multi-row integer kernel (AVX2): each row sums as the M = 1 matvec does, so
+  // results do not depend on M, and it is faster than dequantise + GEMM at every measured M
+  // (docs/kernels.md, "Q8_0 multi-row kernel").
+  if (gguf::q8_0_matmul_row_invariant()) return gguf::q8_0_matmul_act16(X, W, Y, M, N, K, acc);
+  q8_0_matmul_dequant(X, W, Y, M, N, K, acc);
+}
+
+bool q8_0_matmul_row_invariant() { return gguf::q8_0_matmul_row_invariant(); }
+
+void q8_0_matmul_dequant(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
+                         bool acc) {
   matmul_dequant_panels(X, W, DType::Q8_0, q8_0_dequant_rows, Y, M, N, K, acc);
 }
 

@@ -29,7 +29,14 @@ void q8_0_dequantize_ref(const void* src, float* dst, int64_t n);  // scalar
 void q8_0_matvec(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void q8_0_matvec_f32(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void q8_0_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
-// Y (M, N) (+)= X (M, K) · Wᵀ.
+// Y (M, N) (+)= X (M, K) · Wᵀ. q8_0_matmul (registered): with AVX2 every M >= 2 runs the
+// multi-row integer kernel gguf::q8_0_matmul_act16, whose every row is bit-identical to the
+// M = 1 q8_0_matvec of that row (a row's result does not depend on M; same error bound); without
+// AVX2, q8_0_matmul_dequant: dequantised panels + f32 GEMM (exact x, GEMM summation order).
+// true when q8_0_matmul's rows do not depend on M (AVX2: the integer kernels at every M).
+bool q8_0_matmul_row_invariant();
+void q8_0_matmul_dequant(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
+                         bool acc);
 void q8_0_matmul(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc);
 void q8_0_matmul_ref(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
                      bool acc);

@@ -357,6 +357,44 @@ void q8_0_matvec_act16(const void* W, const float* x, float* y, int64_t N, int64
 }
 
 namespace {
+thread_local Buf t_acts, t_wq;
+}  // namespace
+
+void q8_0_matmul_act16(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
+                       bool acc) {
+  if (M <= 0 || N <= 0) return;
+  if (M == 1) return q8_0_matvec_act16(W, X, Y, N, K, acc);
+  if (!cpu_features().avx2) return q8_0_matmul(X, W, Y, M, N, K, acc);
+  // M activation rows quantised as the matvec does (q (M, K), d and s (M, K/32)), then the
+  // weight rows split over the threads in multiples of 4, as in q8_0_matvec_act16.
+  const int64_t nb = K / 32;
+  const size_t qbytes = size_t(M * K) * sizeof(int16_t);
+  uint8_t* base = static_cast<uint8_t*>(
+      t_acts.get(qbytes + 2 * size_t(M * nb) * sizeof(float) + size_t(M) * sizeof(QAct) + 64));
+  auto* d = reinterpret_cast<float*>(base + qbytes);
+  auto* s = d + M * nb;
+  auto* acts = reinterpret_cast<QAct*>((reinterpret_cast<uintptr_t>(s + M * nb) + 63) / 64 * 64);
+  for (int64_t m = 0; m < M; ++m)
+    acts[m] = QAct{reinterpret_cast<int16_t*>(base) + m * K, d + m * nb, s + m * nb};
+  const int nt = M * N * K < 2 * 65536 ? 1 : std::max(1, omp_get_max_threads());
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) avx2::quantize_act(X + m * K, K, acts[m]);
+    int64_t lo, hi;
+    row_range(N, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+    if (hi > lo) {
+      const size_t wq_bytes = size_t(4 * K) * sizeof(int16_t);
+      auto* wq = static_cast<int16_t*>(t_wq.get(wq_bytes + size_t(8 * nb) * sizeof(float)));
+      auto* sc = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(wq) + wq_bytes);
+      avx2::matmul_rows_q8_0(W, acts, M, Y, N, lo, hi, K, acc, wq, sc);
+    }
+  }
+}
+
+bool q8_0_matmul_row_invariant() { return cpu_features().avx2; }
+
+namespace {
 
 // Rows [row0, row0 + n) of W as f32, for the shared dequantise-a-panel GEMM driver (q8_0.h).
 template <Fmt F>

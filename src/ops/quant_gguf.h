@@ -52,12 +52,28 @@ float dot_q8_0_act_ref(const void* row, QAct a, int64_t K);
 // (bench_gguf_kernels, 1 thread): see docs/gguf.md.
 void q8_0_matvec_act16(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 
+// Q8_0 matmul with the act16 scheme: Y (M, N) (+)= X (M, K) · Wᵀ, every row quantised and
+// multiplied exactly as q8_0_matvec_act16 does for that row alone, so a row's result does not
+// depend on M or on the other rows (batch invariance without a companion row); weight blocks
+// are decoded once per call and applied to four activation rows at a time. Falls back to
+// ops::q8_0_matmul's dequantise + GEMM path without AVX2 (q8_0_matmul_row_invariant() says which).
+void q8_0_matmul_act16(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
+                       bool acc);
+// true when q8_0_matmul_act16 runs the integer kernel (AVX2): each row then sums as alone.
+bool q8_0_matmul_row_invariant();
+
 namespace avx2 {
 void quantize_act(const float* x, int64_t K, QAct a);
 // y[r] (+)= row r · x for rows [r0, r1) of W (N, K).
 void matvec_rows_q4_0(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
 void matvec_rows_q4_1(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
 void matvec_rows_q8_0(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc);
+// Y[m] (ldy apart) (+)= rows [r0, r1) of W · x_m for the M quantised activation rows a[0..M):
+// each weight group of four rows is decoded once into wq (64-byte aligned, 4·K i16) and sc
+// (64-byte aligned, 8·K/32 f32) and applied to all M rows; every row's result is bit-identical
+// to matvec_rows_q8_0 on that row alone (r0 a multiple of 4 or the start of the last rows).
+void matmul_rows_q8_0(const void* W, const QAct* a, int64_t M, float* Y, int64_t ldy, int64_t r0,
+                      int64_t r1, int64_t K, bool acc, int16_t* wq, float* sc);
 // Rows [r0, r1) of W dequantised to f32, row-major with ld K.
 void dequantize_rows_q4_0(const void* W, float* dst, int64_t r0, int64_t r1, int64_t K);
 void dequantize_rows_q4_1(const void* W, float* dst, int64_t r0, int64_t r1, int64_t K);

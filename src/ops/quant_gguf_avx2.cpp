@@ -201,6 +201,98 @@ void quantize_act(const float* x, int64_t K, QAct a) {
   }
 }
 
+// Multi-row Q8_0 (see quant_gguf.h): a group of four weight rows is decoded once (int8 -> i16,
+// block-interleaved, 256 B per block, and the four scales as f32 in matvec_rows' lane order) and
+// applied to every activation row, R rows at a time; per (group, activation row) the arithmetic
+// is matvec_rows<Q8_0>'s instruction for instruction (the same integer lanes, the same f32
+// conversion, scale product, FMA chain over blocks and final fold), so each row's result is
+// bit-identical to the matvec of that row.
+namespace {
+
+template <int R>
+void q8_0_tile(const int16_t* wq, const float* sc, const QAct* a, float* const* y, int64_t nb,
+               bool acc) {
+  __m256 acc4[R];
+  for (int i = 0; i < R; ++i) acc4[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i* w = reinterpret_cast<const __m256i*>(wq + 128 * b);
+    const __m256 s = _mm256_load_ps(sc + 8 * b);
+    for (int i = 0; i < R; ++i) {
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].q + 32 * b));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].q + 32 * b + 16));
+      const __m256i d0 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_load_si256(w + 0), x0),
+                                          _mm256_madd_epi16(_mm256_load_si256(w + 1), x1));
+      const __m256i d1 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_load_si256(w + 2), x0),
+                                          _mm256_madd_epi16(_mm256_load_si256(w + 3), x1));
+      const __m256i d2 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_load_si256(w + 4), x0),
+                                          _mm256_madd_epi16(_mm256_load_si256(w + 5), x1));
+      const __m256i d3 = _mm256_add_epi32(_mm256_madd_epi16(_mm256_load_si256(w + 6), x0),
+                                          _mm256_madd_epi16(_mm256_load_si256(w + 7), x1));
+      const __m256 dots = _mm256_cvtepi32_ps(
+          _mm256_hadd_epi32(_mm256_hadd_epi32(d0, d1), _mm256_hadd_epi32(d2, d3)));
+      const __m256 d4 = _mm256_mul_ps(s, _mm256_set1_ps(a[i].d[b]));
+      acc4[i] = _mm256_fmadd_ps(dots, d4, acc4[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    // as matvec_rows: the two halves, plus the (zero) offset of the format
+    const __m128 v = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(acc4[i]), _mm256_extractf128_ps(acc4[i], 1)),
+                                _mm_setzero_ps());
+    if (acc) _mm_storeu_ps(y[i], _mm_add_ps(_mm_loadu_ps(y[i]), v));
+    else _mm_storeu_ps(y[i], v);
+  }
+}
+
+}  // namespace
+
+void matmul_rows_q8_0(const void* W, const QAct* a, int64_t M, float* Y, int64_t ldy, int64_t r0,
+                      int64_t r1, int64_t K, bool acc, int16_t* wq, float* sc) {
+  const int64_t nb = K / 32;
+  const size_t rb = size_t(nb * 34);
+  const uint8_t* base = static_cast<const uint8_t*>(W);
+  const __m256i d_idx = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint8_t* p0 = base + size_t(r) * rb;
+    // Decode the group: block b holds rows 0..3's 32 values as i16 (two vectors per row).
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i* w = reinterpret_cast<__m256i*>(wq + 128 * b);
+      // the next group's stream, as matvec_rows prefetches (the lm_head is read from DRAM)
+      const char* pf = reinterpret_cast<const char*>(p0) + 4 * rb + kPrefetch + size_t(4 * 34 * b);
+      _mm_prefetch(pf, _MM_HINT_T0);
+      _mm_prefetch(pf + 64, _MM_HINT_T0);
+      _mm_prefetch(pf + 128, _MM_HINT_T0);
+      uint16_t h[4];
+      for (int j = 0; j < 4; ++j) {
+        const uint8_t* blk = p0 + size_t(j) * rb + size_t(b * 34);
+        std::memcpy(&h[j], blk, 2);
+        _mm256_store_si256(w + 2 * j, _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))));
+        _mm256_store_si256(w + 2 * j + 1, _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18))));
+      }
+      const __m256 s4 = _mm256_cvtph_ps(_mm_setr_epi16(short(h[0]), short(h[1]), short(h[2]), short(h[3]), 0, 0, 0, 0));
+      _mm256_store_ps(sc + 8 * b, _mm256_permutevar8x32_ps(s4, d_idx));
+    }
+    constexpr int kR = 4;
+    float* y[kR];
+    int64_t m = 0;
+    for (; m + kR <= M; m += kR) {
+      for (int i = 0; i < kR; ++i) y[i] = Y + (m + i) * ldy + r;
+      q8_0_tile<kR>(wq, sc, a + m, y, nb, acc);
+    }
+    if (m + 2 <= M) {
+      for (int i = 0; i < 2; ++i) y[i] = Y + (m + i) * ldy + r;
+      q8_0_tile<2>(wq, sc, a + m, y, nb, acc);
+      m += 2;
+    }
+    if (m < M) {
+      y[0] = Y + m * ldy + r;
+      q8_0_tile<1>(wq, sc, a + m, y, nb, acc);
+    }
+  }
+  if (r < r1)  // the last rows of W (N % 4): matvec_rows' one-row path, row by row
+    for (int64_t m = 0; m < M; ++m) matvec_rows<F::Q8_0>(W, a[m], Y + m * ldy, r, r1, K, acc);
+}
+
 void matvec_rows_q4_0(const void* W, QAct a, float* y, int64_t r0, int64_t r1, int64_t K, bool acc) {
   matvec_rows<F::Q4_0>(W, a, y, r0, r1, K, acc);
 }

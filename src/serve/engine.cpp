@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "ops/matmul.h"
+#include "ops/q8_0.h"
 
 namespace qwen::serve {
 
@@ -206,9 +207,12 @@ Engine::Engine(const Model& m, const Tokenizer* tok, const EngineConfig& cfg)
 
 // Files the weights of every matrix product with ops::prepack_weight (prepack_weights) and
 // decides whether lone steps need the companion row: not when every product of the forward is
-// on a packed weight, since a packed 1-row product sums exactly as a batched one.
+// M-invariant (a row's result does not depend on how many rows share the product): on a packed
+// float weight (a packed 1-row product sums exactly as a batched one) or on a Q8_0 weight with
+// the multi-row integer kernel (each row sums as the 1-row matvec, ops/q8_0.h).
 void Engine::prepack() {
-  bool all_packed = cfg_.prepack_weights && !m_.config().use_mhc;
+  bool all_invariant = !m_.config().use_mhc;
+  const bool q8_invariant = ops::q8_0_matmul_row_invariant();
   auto file = [&](const Linear& l) {
     const bool packable = cfg_.prepack_weights && !dtype_is_quantized(l.dtype);
     if (packable && std::find(packed_.begin(), packed_.end(), l.w) == packed_.end()) {
@@ -217,7 +221,7 @@ void Engine::prepack() {
       packed_bytes_ += ops::packed_weight_bytes(
           *ops::find_prepacked_weight(l.w, l.dtype, l.n_out, l.n_in));
     }
-    if (!packable || l.lora) all_packed = false;
+    if (!(packable || (l.dtype == DType::Q8_0 && q8_invariant)) || l.lora) all_invariant = false;
   };
   try {
     for (const LayerWeights& L : m_.layers())
@@ -227,7 +231,7 @@ void Engine::prepack() {
     release_packed();
     throw;
   }
-  companion_ = cfg_.batch_invariant && !all_packed;
+  companion_ = cfg_.batch_invariant && !all_invariant;
 }
 
 void Engine::release_packed() {

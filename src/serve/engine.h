@@ -45,7 +45,8 @@ struct EngineConfig {
   int64_t max_model_len = 0;      // tokens per sequence; 0: the model's max_position_embeddings
   bool prefix_caching = true;
   // A request's output is bit-identical alone or batched. On packed weights (prepack_weights)
-  // that holds by itself; otherwise a step never runs a single sequence alone: it then gets a
+  // and on Q8_0 weights (whose multi-row integer kernel sums each row as the 1-row matvec,
+  // ops/q8_0.h) that holds by itself; otherwise a step never runs a single sequence alone: it then gets a
   // 1-token companion on a spare slot, so every matrix multiply has at least 2 rows and takes
   // the same kernel path as in a crowd (an unpacked 1-row product goes to a matrix-vector kernel
   // that rounds differently), for one extra row per lone step. false: no companion either way.
@@ -55,7 +56,7 @@ struct EngineConfig {
   // weights as linear streams without per-call repacking. Costs about the weights' bytes again.
   // The weights must not change while the engine lives. On packed weights a 1-row product rounds
   // exactly as a batched one (ops/matmul.h), so when every product of the forward is on a packed
-  // weight (float weights, no LoRA, no mHC) batch_invariant needs no companion row.
+  // weight or a Q8_0 weight (no LoRA, no mHC) batch_invariant needs no companion row.
   bool prepack_weights = true;
 };
 
