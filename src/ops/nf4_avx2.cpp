@@ -295,25 +295,31 @@ void row_scales(const Nf4View& v, int64_t r0, int64_t n_rows, int64_t nb, const 
   }
 }
 
+// Loads one 64-block of x into v (8 x 8 floats) and returns its largest |x|; NaNs are OR-ed into
+// `bad` (a NaN compares unordered with itself), since max would drop them.
+static inline float load_block_absmax(const float* xb, __m256 v[8], __m256& bad) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 mx = _mm256_setzero_ps();
+  for (int i = 0; i < 8; ++i) {
+    v[i] = _mm256_loadu_ps(xb + 8 * i);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+    mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  return _mm_cvtss_f32(m4);
+}
+
 }  // namespace
 
 bool nf4_quantize_act16(const float* x, int64_t K, int16_t* xq, float* xs) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 bad = _mm256_setzero_ps();
   alignas(32) int16_t nat[kNf4Block];
   for (int64_t b = 0; b < K / kNf4Block; ++b) {
     const float* xb = x + b * kNf4Block;
     __m256 v[8];
-    __m256 mx = _mm256_setzero_ps();
-    for (int i = 0; i < 8; ++i) {
-      v[i] = _mm256_loadu_ps(xb + 8 * i);
-      bad = _mm256_or_ps(bad, _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
-      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float amax = _mm_cvtss_f32(m4);
+    const float amax = load_block_absmax(xb, v, bad);
     if (!(amax <= 3.4e38f)) return false;  // inf (NaN is caught by `bad`)
     const float s = amax / 32767.0f, r = amax > 0.0f ? 32767.0f / amax : 0.0f;
     if (!(r <= 3.4e38f) || (amax > 0.0f && !(s / 8191.0f >= 1.2e-38f))) return false;  // subnormal scales
@@ -433,7 +439,6 @@ inline void rows_act8(__m256i tab, const uint8_t* codes, const int8_t* xq, const
 }  // namespace
 
 bool nf4_quantize_act8(const float* x, int64_t K, int8_t* xq, int32_t* xc, float* xs) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
   // vpacksswb / vpackssdw work per 128-bit lane: after both, lane order is (0 4 1 5 2 6 3 7) in
   // dwords of 4 bytes; this permutation restores the natural order.
   const __m256i unlane = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -444,16 +449,7 @@ bool nf4_quantize_act8(const float* x, int64_t K, int8_t* xq, int32_t* xc, float
   for (int64_t b = 0; b < K / kNf4Block; ++b) {
     const float* xb = x + b * kNf4Block;
     __m256 v[8];
-    __m256 mx = _mm256_setzero_ps();
-    for (int i = 0; i < 8; ++i) {
-      v[i] = _mm256_loadu_ps(xb + 8 * i);
-      bad = _mm256_or_ps(bad, _mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
-      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float amax = _mm_cvtss_f32(m4);
+    const float amax = load_block_absmax(xb, v, bad);
     if (!(amax <= 3.4e38f)) return false;  // inf (NaN is caught by `bad`)
     const float s = amax / 127.0f, r = amax > 0.0f ? 127.0f / amax : 0.0f;
     if (!(r <= 3.4e38f) || (amax > 0.0f && !(s / 64.0f >= 1.2e-38f))) return false;  // subnormal scales
