@@ -295,6 +295,27 @@ void row_scales(const Nf4View& v, int64_t r0, int64_t n_rows, int64_t nb, const 
   }
 }
 
+// Rows n0..n1 of an integer matvec: per chunk of whole rows (~512 blocks, a multiple of 4 rows;
+// the blocks of consecutive rows are consecutive) the per-block scales absmax·xs are computed once
+// (row_scales), then rows(n, 4 or 1, scales of row n) runs 4 rows at a time and the rest singly.
+template <class Rows>
+static void for_row_chunks(const Nf4View& v, int64_t n0, int64_t n1, int64_t nb, const float* xs,
+                           Rows rows) {
+  constexpr int64_t kChunkBlocks = 512;
+  const int64_t rows_per_chunk = std::max<int64_t>(4, kChunkBlocks / nb / 4 * 4);
+  thread_local std::vector<float> scv, tmpv;
+  if (scv.size() < size_t(rows_per_chunk * nb + 8)) scv.resize(size_t(rows_per_chunk * nb + 8));
+  if (tmpv.size() < size_t(rows_per_chunk * nb + 8)) tmpv.resize(size_t(rows_per_chunk * nb + 8));
+  float* sc = scv.data();
+  for (int64_t r0 = n0; r0 < n1; r0 += rows_per_chunk) {
+    const int64_t r1 = r0 + rows_per_chunk < n1 ? r0 + rows_per_chunk : n1;
+    row_scales(v, r0, r1 - r0, nb, xs, sc, tmpv.data());
+    int64_t n = r0;
+    for (; n + 4 <= r1; n += 4) rows(n, int64_t(4), sc + (n - r0) * nb);
+    for (; n < r1; ++n) rows(n, int64_t(1), sc + (n - r0) * nb);
+  }
+}
+
 // Loads one 64-block of x into v (8 x 8 floats) and returns its largest |x|; NaNs are OR-ed into
 // `bad` (a NaN compares unordered with itself), since max would drop them.
 static inline float load_block_absmax(const float* xb, __m256 v[8], __m256& bad) {
@@ -342,23 +363,10 @@ void nf4_matvec_rows_act16_avx2(const Nf4View& v, const int16_t* xq, const float
                                 int64_t n0, int64_t n1, int64_t K, bool acc) {
   static const I16Planes tp;
   const int64_t nb = K / kNf4Block;
-  // Scales of a chunk of whole rows (the blocks of consecutive rows are consecutive): ~512
-  // blocks, a multiple of 4 rows.
-  constexpr int64_t kChunkBlocks = 512;
-  const int64_t rows_per_chunk = std::max<int64_t>(4, kChunkBlocks / nb / 4 * 4);
-  thread_local std::vector<float> scv, tmpv;
-  if (scv.size() < size_t(rows_per_chunk * nb + 8)) scv.resize(size_t(rows_per_chunk * nb + 8));
-  if (tmpv.size() < size_t(rows_per_chunk * nb + 8)) tmpv.resize(size_t(rows_per_chunk * nb + 8));
-  float* sc = scv.data();
-  float* tmp = tmpv.data();
-  for (int64_t r0 = n0; r0 < n1; r0 += rows_per_chunk) {
-    const int64_t r1 = r0 + rows_per_chunk < n1 ? r0 + rows_per_chunk : n1;
-    row_scales(v, r0, r1 - r0, nb, xs, sc, tmp);
-    int64_t n = r0;
-    for (; n + 4 <= r1; n += 4)
-      rows_act16<4>(tp, v.codes + n * nb * 32, xq, sc + (n - r0) * nb, y + n, nb, acc);
-    for (; n < r1; ++n) rows_act16<1>(tp, v.codes + n * nb * 32, xq, sc + (n - r0) * nb, y + n, nb, acc);
-  }
+  for_row_chunks(v, n0, n1, nb, xs, [&](int64_t n, int64_t rows, const float* sc) {
+    if (rows == 4) rows_act16<4>(tp, v.codes + n * nb * 32, xq, sc, y + n, nb, acc);
+    else rows_act16<1>(tp, v.codes + n * nb * 32, xq, sc, y + n, nb, acc);
+  });
 }
 
 
@@ -490,21 +498,10 @@ void nf4_matvec_rows_act8_avx2(const Nf4View& v, const int8_t* xq, const int32_t
   static const U8Table tt;
   const __m256i tab = tt.t;
   const int64_t nb = K / kNf4Block;
-  constexpr int64_t kChunkBlocks = 512;
-  const int64_t rows_per_chunk = std::max<int64_t>(4, kChunkBlocks / nb / 4 * 4);
-  thread_local std::vector<float> scv, tmpv;
-  if (scv.size() < size_t(rows_per_chunk * nb + 8)) scv.resize(size_t(rows_per_chunk * nb + 8));
-  if (tmpv.size() < size_t(rows_per_chunk * nb + 8)) tmpv.resize(size_t(rows_per_chunk * nb + 8));
-  float* sc = scv.data();
-  float* tmp = tmpv.data();
-  for (int64_t r0 = n0; r0 < n1; r0 += rows_per_chunk) {
-    const int64_t r1 = r0 + rows_per_chunk < n1 ? r0 + rows_per_chunk : n1;
-    row_scales(v, r0, r1 - r0, nb, xs, sc, tmp);
-    int64_t n = r0;
-    for (; n + 4 <= r1; n += 4)
-      rows_act8<4>(tab, v.codes + n * nb * 32, xq, xc, sc + (n - r0) * nb, y + n, nb, acc);
-    for (; n < r1; ++n) rows_act8<1>(tab, v.codes + n * nb * 32, xq, xc, sc + (n - r0) * nb, y + n, nb, acc);
-  }
+  for_row_chunks(v, n0, n1, nb, xs, [&](int64_t n, int64_t rows, const float* sc) {
+    if (rows == 4) rows_act8<4>(tab, v.codes + n * nb * 32, xq, xc, sc, y + n, nb, acc);
+    else rows_act8<1>(tab, v.codes + n * nb * 32, xq, xc, sc, y + n, nb, acc);
+  });
 }
 
 }  // namespace qwen::ops::detail
