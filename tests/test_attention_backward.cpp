@@ -346,7 +346,8 @@ TEST_F(AttentionBackward, ThreadCountsAgreeAndRunsAreDeterministic) {
 // ---- inner kernels: AVX2 against portable ------------------------------------------------------
 
 TEST(AttentionBackwardKernels, Avx2MatchesPortable) {
-  if (!qwen::cpu_features().avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  if (!qwen::cpu_features().avx2) GTEST_SKIP() << "no AVX2 on this CPU: the AVX2 kernels under test would fault (SIGILL); "
+                    "the portable kernels used here are checked by FlashMatchesReference* above";
   using qwen::ops::detail::kAttnBk;
   const auto& fast = qwen::ops::detail::attn_bwd_kernels_avx2();
   const auto& slow = qwen::ops::detail::attn_bwd_kernels_portable();
