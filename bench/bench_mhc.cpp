@@ -13,7 +13,9 @@
 //     backward, coefficient backward with the unrolled Sinkhorn), against the block's 7 matmuls
 //     forward plus their backward (dX = dY·W and dW += dYᵀ·X with gemm_f32).
 //   fused (T = --tokens): mhc_site_in, mhc_site_merge_in and the backward's one-pass stream
-//     gradient (mhc_site_backward_streams), the calls the trainer makes.
+//     gradient (mhc_site_backward_streams); "site bwd": a site's backward after F's as the trainer
+//     ran it before (merge backward with its g_h_res dots + the stream pass) and as it runs it
+//     now (mhc_site_backward_fused with the next site's merge-backward head).
 // The overhead estimate counts only the linear layers as the block's cost (attention's score and
 // value products, norms, SwiGLU and the residual are left out), so it overstates mHC's share.
 //
@@ -334,8 +336,32 @@ void run_shape(int64_t C, int reps, int64_t T, int copies, const std::string& on
                                   MhcGrads<float>{gphi.data(), gbias.data(), galpha.data()});
       },
       reps);
+  // What the trainer runs per site since the sixth pass: the merge backward's head only, and
+  // mhc_site_backward_fused (g_h_res from its own dots, the next site's head from its g_X),
+  // against the merge backward with its g_h_res dots + the stream pass before it.
+  std::vector<float> ghp2(size_t(T * n));
+  const double b_site_old = time_call(
+      [&] {
+        mhc_post_merge_backward(d, XT.data(), cT.h_res, cT.h_post, yT.data(), G.data(), T,
+                                static_cast<float*>(nullptr), g_hres.data(), g_hpost.data(),
+                                gF.data());
+        mhc_site_backward_streams(d, q0, XT.data(), cT, G.data(), gu.data(), g_hpost.data(),
+                                  g_hres.data(), T, g_hpre.data(), gX.data(),
+                                  MhcGrads<float>{gphi.data(), gbias.data(), galpha.data()});
+      },
+      reps);
+  const MhcMergeHead<float> head{yT.data(), cT2.h_post, gF.data(), ghp2.data()};
+  const double b_site_fused = time_call(
+      [&] {
+        mhc_site_backward_fused(d, q0, XT.data(), cT, G.data(), gu.data(), g_hpost.data(), T,
+                                g_hpre.data(), gX.data(),
+                                MhcGrads<float>{gphi.data(), gbias.data(), galpha.data()}, &head);
+      },
+      reps);
   std::printf("  fused   : site_in %.3f us, merge + next site_in %.3f us, backward stream pass "
               "%.3f us\n", b_in * us, b_merge_in * us, b_streams * us);
+  std::printf("  site bwd: merge backward (g_h_res, g_h_post, g_F) + stream pass %.3f us, "
+              "fused (dots + next head) %.3f us\n", b_site_old * us, b_site_fused * us);
   const double t_lf = time_call(lin_fwd, reps), t_lb = time_call(lin_bwd, reps);
   std::printf("train/prefill, T = %lld, per token, one block (2 sites):\n", (long long)T);
   std::printf("  forward : mHC %7.3f us, linear %7.3f us  -> x%.3f\n", t_mf / T * 1e6,

@@ -627,6 +627,98 @@ TEST(MhcKernels, FusedSiteBackwardMatchesComposition) {
   std::printf("  one-pass site backward vs float64 composition: max rel. error %.2e\n", worst);
 }
 
+// mhc_site_backward_fused (g_h_res from its own dots, the RMS term in phase 2, and the next
+// site's merge-backward head from the finished g_X) against the float64 composition: the merge
+// backward's g_h_res, the three backward functions, then the head as mhc_post_merge_backward's g_F
+// and g_h_post; with and without the head, and with the head's outputs aliasing g_u and g_h_post
+// (how the trainer calls it). Outputs start as garbage (overwritten) or nonzero (accumulated).
+TEST(MhcKernels, FusedSiteBackwardWithDotsAndHeadMatchesComposition) {
+  double worst = 0;
+  struct Shape {
+    int64_t n, C, T;
+  };
+  std::vector<Shape> shapes;
+  for (int64_t n : {1, 2, 3, 4, 5, 9})
+    for (int64_t C : {1, 7, 37, 100})
+      for (int64_t T : {1, 5, 8, 9, 21}) shapes.push_back({n, C, T});
+  shapes.push_back({4, 256, 67});
+  shapes.push_back({3, 61, 300});
+  for (HcMode mode : {HcMode::Mhc, HcMode::Hc})
+    for (const Shape& sh : shapes) {
+      const int64_t n = sh.n, C = sh.C, T = sh.T;
+      SCOPED_TRACE("mode " + std::to_string(int(mode)) + " n " + std::to_string(n) + " C " +
+                   std::to_string(C) + " T " + std::to_string(T));
+      Site s = make_site(mode, n, C, T, 19 * n + 5 * C + T);
+      const MhcDims& d = s.d;
+      const uint64_t sd = 61 + n + C + T;
+      const std::vector<float> Xf = to_f(normal(size_t(T * n * C), 1.0, sd)),
+                               Gf = to_f(normal(size_t(T * n * C), 1.0, sd + 1)),
+                               guf = to_f(normal(size_t(T * C), 1.0, sd + 2)),
+                               ghqf = to_f(normal(size_t(T * n), 1.0, sd + 3)),
+                               Fnf = to_f(normal(size_t(T * C), 1.0, sd + 4)),
+                               hpnf = to_f(uniform(size_t(T * n), 0.2, 1.8, sd + 5));
+      const std::vector<float> phif = to_f(s.phi), biasf = to_f(s.bias), alphaf = to_f(s.alpha);
+      const MhcParams<float> pf{phif.data(), biasf.data(), alphaf.data()};
+      std::vector<float> cbf(size_t(mhc_coefs_size(T, n)));
+      const MhcCoefs<float> cf = mhc_coefs_view(cbf.data(), T, n);
+      mhc_coefficients_forward(d, pf, Xf.data(), T, cf);
+      const auto up = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+      std::vector<double> cbd = up(cbf);
+      const MhcCoefs<double> cd = mhc_coefs_view(cbd.data(), T, n);
+      const std::vector<double> Xd = up(Xf), Gd = up(Gf), gud = up(guf), ghqd = up(ghqf),
+                                phid = up(phif), biasd = up(biasf), alphad = up(alphaf),
+                                Fnd = up(Fnf), hpnd = up(hpnf);
+      // The float64 composition, spelled out with the separate functions.
+      std::vector<double> ghrd(size_t(T * n * n), 0.0), gXd(Xd.size(), 7.0), ghpd(size_t(T * n), 7.0),
+          bphid(phid.size(), 0.25), bbd(biasd.size(), 0.5), bad(3, 1.0), gFd(size_t(T * C), 0.0),
+          ghpnd(size_t(T * n), 0.0);
+      mhc_post_merge_backward(d, Xd.data(), cd.h_res, cd.h_post, Xd.data(), Gd.data(), T,
+                              static_cast<double*>(nullptr), ghrd.data(),
+                              static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+      mhc_site_backward_streams(d, MhcParams<double>{phid.data(), biasd.data(), alphad.data()},
+                                Xd.data(), cd, Gd.data(), gud.data(), ghqd.data(), ghrd.data(), T,
+                                ghpd.data(), gXd.data(),
+                                MhcGrads<double>{bphid.data(), bbd.data(), bad.data()});
+      mhc_post_merge_backward(d, Xd.data(), cd.h_res, hpnd.data(), Fnd.data(), gXd.data(), T,
+                              static_cast<double*>(nullptr), static_cast<double*>(nullptr),
+                              ghpnd.data(), gFd.data());
+      for (int variant = 0; variant < 4; ++variant) {  // 0, 1: AVX2 / _ref with head; 2: no head;
+        const bool ref = variant == 1, head = variant != 2, alias = variant == 3;  // 3: aliased
+        std::vector<float> gX(Xf.size(), 7.0f), ghp(size_t(T * n), 7.0f),
+            bphi(phif.size(), 0.25f), bb(biasf.size(), 0.5f), ba(3, 1.0f),
+            gF(size_t(T * C), -3.0f), ghpn(size_t(T * n), -3.0f), gu = guf, ghq = ghqf;
+        const MhcGrads<float> gf{bphi.data(), bb.data(), ba.data()};
+        MhcMergeHead<float> nh{Fnf.data(), hpnf.data(), alias ? gu.data() : gF.data(),
+                               alias ? ghq.data() : ghpn.data()};
+        const MhcMergeHead<float>* np = head ? &nh : nullptr;
+        if (ref)
+          mhc_site_backward_fused_ref(d, pf, Xf.data(), cf, Gf.data(), gu.data(), ghq.data(), T,
+                                      ghp.data(), gX.data(), gf, np);
+        else
+          mhc_site_backward_fused(d, pf, Xf.data(), cf, Gf.data(), gu.data(), ghq.data(), T,
+                                  ghp.data(), gX.data(), gf, np);
+        const double tol = 2e-5;  // as the coefficient backward test above
+        double sc;
+        std::vector<std::pair<const std::vector<float>*, const std::vector<double>*>> cmp = {
+            {&gX, &gXd}, {&ghp, &ghpd}, {&bphi, &bphid}, {&bb, &bbd}, {&ba, &bad}};
+        if (head) {
+          cmp.push_back({alias ? &gu : &gF, &gFd});
+          cmp.push_back({alias ? &ghq : &ghpn, &ghpnd});
+        } else {  // untouched without a head
+          EXPECT_EQ(gF, std::vector<float>(size_t(T * C), -3.0f));
+          EXPECT_EQ(ghpn, std::vector<float>(size_t(T * n), -3.0f));
+        }
+        for (auto [f, dd] : cmp) {
+          const double e = max_abs_diff(f->data(), dd->data(), dd->size(), &sc);
+          EXPECT_LE(e, tol * (1 + sc)) << "variant " << variant;
+          worst = std::max(worst, e / (1 + sc));
+        }
+      }
+    }
+  std::printf("  fused site backward (dots + head) vs float64 composition: max rel. error %.2e\n",
+              worst);
+}
+
 // A single token (the decode step) takes other code paths than a batch (phi rows split over the
 // threads; for n <= 4 a one-token Sinkhorn on row vectors): the coefficients of each token alone
 // must be bit for bit those it gets inside a batch of 8 (the 8-lane path).

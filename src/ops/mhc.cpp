@@ -43,10 +43,15 @@ void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const floa
 void mhc_stream_init_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
                           const float* h_pre, const float* coef, int64_t count, int64_t n,
                           int64_t C, float* g_X);
-void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* phi_p, int64_t count,
-                                int64_t n, int64_t C, float* g_X, float* gphi_p,
-                                const float* next_X, const float* next_G, const float* next_gu,
-                                int64_t next_count);
+void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* coef,
+                                const float* phi_p, int64_t count, int64_t n, int64_t C,
+                                float* g_X, float* gphi_p, const float* next_X,
+                                const float* next_G, const float* next_gu, int64_t next_count);
+void mhc_stream_init_dots_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
+                               const float* h_pre, int64_t count, int64_t n, int64_t C,
+                               float* g_X, float* g_h_res, float* g_h_pre);
+void mhc_merge_head_avx2(const float* G, const float* F, const float* h_post, int64_t count,
+                         int64_t n, int64_t C, float* g_F, float* g_h_post);
 int64_t mhc_packed_phi_size(int64_t n, int64_t C);
 void mhc_pack_phi_avx2(const float* phi, int64_t n, int64_t C, float* out);
 void mhc_unpack_add_phi_avx2(const float* parts, int n_parts, int64_t stride, int64_t n, int64_t C,
@@ -528,10 +533,15 @@ void coefficients_backward_impl(const MhcDims& d, const MhcParams<T>& p, const T
 // coef·X (written once), then g_X += g_m·phi and g_phi += g_mᵀ·X into a per-thread partial
 // (summed in thread order afterwards, so the result does not depend on timing). Scratch: one
 // calling-thread buffer, grown and kept (training path).
+// dots (mhc_site_backward_fused): g_h_res is not an input; phase 1 runs first and also takes the
+// dots <G[i], X[j]> and <g_u, X[j]> on the token in L1, and the RMS term −coef·X moves to phase 2
+// (coef needs Sinkhorn's backward, which needs those dots). next: the next site's merge-backward
+// head from the group's finished g_X, while it is in cache.
 void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const float* X,
                          const MhcCoefs<float>& co, const float* G, const float* g_u,
                          const float* g_h_post, const float* g_h_res, int64_t n_tok,
-                         float* g_h_pre, float* g_X, const MhcGrads<float>& g) {
+                         float* g_h_pre, float* g_X, const MhcGrads<float>& g, bool dots,
+                         const MhcMergeHead<float>* next) {
   constexpr int64_t kK = kMhcMaxStreams * kMhcMaxStreams + 2 * kMhcMaxStreams;
   const int64_t n = d.n, C = d.C, nc = n * C, K = d.K(), nn = n * n;
   const int64_t n_groups = (n_tok + 7) / 8;
@@ -559,9 +569,18 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
       const int64_t t0 = gi * 8, count = std::min<int64_t>(8, n_tok - t0);
       float ghp[8 * kMhcMaxStreams], gz[8 * kK], gm[8 * kK], coef[8];
       float zres[8 * kMhcMaxStreams * kMhcMaxStreams], gres[8 * kMhcMaxStreams * kMhcMaxStreams];
-      std::fill(ghp, ghp + count * n, 0.0f);
-      detail::mhc_pre_aggregate_backward_avx2(X + t0 * nc, co.h_pre + t0 * n, g_u + t0 * C,
-                                              count, n, C, nullptr, ghp);
+      float ghr[8 * kMhcMaxStreams * kMhcMaxStreams];
+      const float* ghres_in = g_h_res ? g_h_res + t0 * nn : nullptr;
+      if (dots) {  // phase 1 first: g_X without the RMS term, and the dots
+        detail::mhc_stream_init_dots_avx2(X + t0 * nc, G + t0 * nc, g_u + t0 * C,
+                                          co.h_res + t0 * nn, co.h_pre + t0 * n, count, n, C,
+                                          g_X + t0 * nc, ghr, ghp);
+        ghres_in = ghr;
+      } else {
+        std::fill(ghp, ghp + count * n, 0.0f);
+        detail::mhc_pre_aggregate_backward_avx2(X + t0 * nc, co.h_pre + t0 * n, g_u + t0 * C,
+                                                count, n, C, nullptr, ghp);
+      }
       std::copy(ghp, ghp + count * n, g_h_pre + t0 * n);
       for (int64_t l = 0; l < count; ++l) {
         const int64_t t = t0 + l;
@@ -572,7 +591,7 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
           const float hp = co.h_post[t * n + i];  // h = 2σ(z): dh/dz = h(1 − h/2)
           gzt[n + i] = g_h_post ? g_h_post[t * n + i] * hp * (1.0f - 0.5f * hp) : 0.0f;
         }
-        if (g_h_res) {  // z_res again, exactly as the forward computed it
+        if (ghres_in) {  // z_res again, exactly as the forward computed it
           float z[kK];
           mhc_logits(n, K, co.r[t * n], co.proj + t * K, p, z);
           std::copy(z + 2 * n, z + K, zres + l * nn);
@@ -580,10 +599,9 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
           std::fill(gzt + 2 * n, gzt + K, 0.0f);
         }
       }
-      if (g_h_res) {
+      if (ghres_in) {
         std::fill(gres, gres + count * nn, 0.0f);
-        detail::mhc_sinkhorn8_backward_avx2(zres, g_h_res + t0 * nn, gres, int(count), n,
-                                            d.iters, work);
+        detail::mhc_sinkhorn8_backward_avx2(zres, ghres_in, gres, int(count), n, d.iters, work);
         for (int64_t l = 0; l < count; ++l)
           std::copy(gres + l * nn, gres + (l + 1) * nn, gz + l * K + 2 * n);
       }
@@ -606,13 +624,17 @@ void fused_site_backward(const MhcDims& d, const MhcParams<float>& p, const floa
       // The stream gradient: phase 1 token by token (X, G, g_u read once, g_X written), then
       // phase 2 (the phi products) on the group while it is in cache, prefetching the next
       // group's inputs.
-      detail::mhc_stream_init_avx2(X + t0 * nc, G + t0 * nc, g_u + t0 * C, co.h_res + t0 * nn,
-                                   co.h_pre + t0 * n, coef, count, n, C, g_X + t0 * nc);
-      const int64_t e = t0 + count, next = std::clamp<int64_t>(n_tok - e, 0, 8);
-      detail::mhc_stream_grad_block_avx2(X + t0 * nc, gm, phi_p, count, n, C, g_X + t0 * nc,
-                                         pphi, next ? X + e * nc : nullptr,
-                                         next ? G + e * nc : nullptr,
-                                         next ? g_u + e * C : nullptr, next);
+      if (!dots)
+        detail::mhc_stream_init_avx2(X + t0 * nc, G + t0 * nc, g_u + t0 * C, co.h_res + t0 * nn,
+                                     co.h_pre + t0 * n, coef, count, n, C, g_X + t0 * nc);
+      const int64_t e = t0 + count, nx = std::clamp<int64_t>(n_tok - e, 0, 8);
+      detail::mhc_stream_grad_block_avx2(X + t0 * nc, gm, dots ? coef : nullptr, phi_p, count, n,
+                                         C, g_X + t0 * nc, pphi, nx ? X + e * nc : nullptr,
+                                         nx ? G + e * nc : nullptr, nx ? g_u + e * C : nullptr,
+                                         nx);
+      if (next)  // g_X of the group is final: the next site's G
+        detail::mhc_merge_head_avx2(g_X + t0 * nc, next->F + t0 * C, next->h_post + t0 * n,
+                                    count, n, C, next->g_F + t0 * C, next->g_h_post + t0 * n);
     }
     if (g.phi) {  // the partials in thread order (after the loop's barrier), by column blocks
       const int nt = omp_get_num_threads();
@@ -638,7 +660,8 @@ void site_backward_streams_impl(const MhcDims& d, const MhcParams<T>& p, const T
   const int64_t n = d.n, nc = d.n * d.C;
   if constexpr (std::is_same_v<T, float>) {
     if (use_avx2<T>(simd) && d.mode == HcMode::Mhc)
-      return fused_site_backward(d, p, X, co, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g);
+      return fused_site_backward(d, p, X, co, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g,
+                                 false, nullptr);
   }
   // The composition this equals: g_X = 0, H_resᵀ·G (the merge backward's g_X part), the
   // pre-aggregate backward, the coefficient backward.
@@ -649,6 +672,34 @@ void site_backward_streams_impl(const MhcDims& d, const MhcParams<T>& p, const T
                            static_cast<T*>(nullptr), simd);
   pre_aggregate_backward_impl(d, X, co.h_pre, g_u, n_tok, g_X, g_h_pre, simd);
   coefficients_backward_impl(d, p, X, co, g_h_pre, g_h_post, g_h_res, n_tok, g_X, g, simd);
+}
+
+template <class T>
+void site_backward_fused_impl(const MhcDims& d, const MhcParams<T>& p, const T* X,
+                              const MhcCoefs<T>& co, const T* G, const T* g_u, const T* g_h_post,
+                              int64_t n_tok, T* g_h_pre, T* g_X, const MhcGrads<T>& g,
+                              const MhcMergeHead<T>* next, bool simd) {
+  d.validate("mhc_site_backward_fused");
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2<T>(simd) && d.mode == HcMode::Mhc)
+      return fused_site_backward(d, p, X, co, G, g_u, g_h_post, nullptr, n_tok, g_h_pre, g_X, g,
+                                 true, next);
+  }
+  // The composition this equals: the merge backward's g_h_res, the one-pass stream backward,
+  // then the next site's merge-backward head from g_X (after g_u and g_h_post were read).
+  std::vector<T> ghr(size_t(n_tok * d.n * d.n), T(0));
+  post_merge_backward_impl(d, X, co.h_res, co.h_post, X /* F: not read */, G, n_tok,
+                           static_cast<T*>(nullptr), ghr.data(), static_cast<T*>(nullptr),
+                           static_cast<T*>(nullptr), simd);
+  site_backward_streams_impl(d, p, X, co, G, g_u, g_h_post, ghr.data(), n_tok, g_h_pre, g_X, g,
+                             simd);
+  if (next) {
+    std::fill(next->g_F, next->g_F + n_tok * d.C, T(0));
+    std::fill(next->g_h_post, next->g_h_post + n_tok * d.n, T(0));
+    post_merge_backward_impl(d, g_X /* X: not read */, co.h_res /* not read */, next->h_post,
+                             next->F, g_X, n_tok, static_cast<T*>(nullptr),
+                             static_cast<T*>(nullptr), next->g_h_post, next->g_F, simd);
+  }
 }
 
 // Box–Muller normal draws from splitmix64 (the same values on every platform).
@@ -841,6 +892,14 @@ void mhc_site_backward_streams(const MhcDims& d, const MhcParams<T>& p, const T*
                              true);
 }
 
+template <class T>
+void mhc_site_backward_fused(const MhcDims& d, const MhcParams<T>& p, const T* X,
+                             const MhcCoefs<T>& coefs, const T* G, const T* g_u, const T* g_h_post,
+                             int64_t n_tok, T* g_h_pre, T* g_X, const MhcGrads<T>& g,
+                             const MhcMergeHead<T>* next) {
+  site_backward_fused_impl(d, p, X, coefs, G, g_u, g_h_post, n_tok, g_h_pre, g_X, g, next, true);
+}
+
 // Both split their tokens over the op threads for training-sized T (memory-bound copies of
 // (T, n, C): one thread does not reach the machine's bandwidth); per token the work and the
 // order of the sums are the same either way.
@@ -888,6 +947,10 @@ void mhc_collapse(const T* X, int64_t n_tok, int64_t n, int64_t C, T* y, bool ac
   template void mhc_site_backward_streams<T>(const MhcDims&, const MhcParams<T>&, const T*,        \
                                              const MhcCoefs<T>&, const T*, const T*, const T*,     \
                                              const T*, int64_t, T*, T*, const MhcGrads<T>&);       \
+  template void mhc_site_backward_fused<T>(const MhcDims&, const MhcParams<T>&, const T*,          \
+                                           const MhcCoefs<T>&, const T*, const T*, const T*,       \
+                                           int64_t, T*, T*, const MhcGrads<T>&,                    \
+                                           const MhcMergeHead<T>*);                                \
   template void mhc_expand<T>(const T*, int64_t, int64_t, int64_t, T*);                            \
   template void mhc_collapse<T>(const T*, int64_t, int64_t, int64_t, T*, bool);
 
@@ -928,6 +991,13 @@ void mhc_site_backward_streams_ref(const MhcDims& d, const MhcParams<float>& p, 
                                    float* g_h_pre, float* g_X, const MhcGrads<float>& g) {
   site_backward_streams_impl(d, p, X, coefs, G, g_u, g_h_post, g_h_res, n_tok, g_h_pre, g_X, g,
                              false);
+}
+
+void mhc_site_backward_fused_ref(const MhcDims& d, const MhcParams<float>& p, const float* X,
+                                 const MhcCoefs<float>& coefs, const float* G, const float* g_u,
+                                 const float* g_h_post, int64_t n_tok, float* g_h_pre, float* g_X,
+                                 const MhcGrads<float>& g, const MhcMergeHead<float>* next) {
+  site_backward_fused_impl(d, p, X, coefs, G, g_u, g_h_post, n_tok, g_h_pre, g_X, g, next, false);
 }
 
 // ---- Inference copy of phi (F16) ---------------------------------------------------------------

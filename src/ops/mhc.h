@@ -165,6 +165,32 @@ void mhc_site_backward_streams(const MhcDims& d, const MhcParams<T>& p, const T*
                                const T* g_h_post, const T* g_h_res, int64_t n_tok, T* g_h_pre,
                                T* g_X, const MhcGrads<T>& g);
 
+// The merge-backward head of the NEXT site in backward order (the site below), for
+// mhc_site_backward_fused: with G' = the g_X the call writes (= dL/d that site's output),
+//   g_F (T, C) = Σ_i h_post[i]·G'[i]      g_h_post (T, n) = <G'[i], F>      both OVERWRITTEN
+// i.e. mhc_post_merge_backward's g_F and g_h_post (into zeroed buffers) without its g_X and g_h_res
+// parts. g_F may be the call's g_u and g_h_post its g_h_post (each token group reads those first).
+template <class T>
+struct MhcMergeHead {
+  const T* F = nullptr;       // (T, C) the site's sub-layer output
+  const T* h_post = nullptr;  // (T, n) its h_post
+  T* g_F = nullptr;
+  T* g_h_post = nullptr;
+};
+
+// mhc_site_backward_streams with the X side of the merge backward folded in (training): the
+// caller runs mhc_post_merge_backward with g_X = g_h_res = null (or takes the previous call's
+// `next` head), F's backward, then this, which computes g_h_res = <G[i], X[j]> itself (no input)
+// and writes g_X, g_h_pre and accumulates g as mhc_site_backward_streams does; with next, it also
+// writes the next site's merge-backward head from the finished g_X (no separate pass over it).
+// The AVX2 mHC path takes the dots in the same pass that writes H_resᵀ·G + h_pre ⊗ g_u, and adds
+// the RMS term with the phi products; the scalar path (_ref, double, HC) is the composition.
+template <class T>
+void mhc_site_backward_fused(const MhcDims& d, const MhcParams<T>& p, const T* X,
+                             const MhcCoefs<T>& coefs, const T* G, const T* g_u, const T* g_h_post,
+                             int64_t n_tok, T* g_h_pre, T* g_X, const MhcGrads<T>& g,
+                             const MhcMergeHead<T>* next = nullptr);
+
 // ---- Sinkhorn (one n×n matrix, row-major, row = destination) -----------------------------------
 
 // H = Sinkhorn(Z): M = exp(Z − max Z), then iters times: divide each column by its sum, then each
@@ -258,5 +284,11 @@ void mhc_site_backward_streams_ref(const MhcDims& d, const MhcParams<float>& p, 
                                    const MhcCoefs<float>& coefs, const float* G, const float* g_u,
                                    const float* g_h_post, const float* g_h_res, int64_t n_tok,
                                    float* g_h_pre, float* g_X, const MhcGrads<float>& g);
+
+void mhc_site_backward_fused_ref(const MhcDims& d, const MhcParams<float>& p, const float* X,
+                                 const MhcCoefs<float>& coefs, const float* G, const float* g_u,
+                                 const float* g_h_post, int64_t n_tok, float* g_h_pre, float* g_X,
+                                 const MhcGrads<float>& g,
+                                 const MhcMergeHead<float>* next = nullptr);
 
 }  // namespace qwen::ops

@@ -2,7 +2,8 @@
 // reached from mhc.cpp after cpu_features() said AVX2 is there): the fused Σx² + projection
 // (rows, cols)·phiᵀ (for decode-sized T: phi rows streamed 6 at a time on the calling thread),
 // the pre-aggregation, the post merge, the backward of both, the two-phase stream gradient of a
-// site's backward, and Sinkhorn 8 tokens per vector (one token alone, n <= 4: on row vectors).
+// site's backward (phase 1 optionally with the merge backward's dots; the next site's merge-
+// backward head), and Sinkhorn 8 tokens per vector (one token alone, n <= 4: on row vectors).
 // The gate math stays in mhc.cpp, which keeps the scalar references these are tested against.
 #include <immintrin.h>
 
@@ -503,6 +504,8 @@ void mhc_post_merge_backward_avx2(const float* X, const float* h_res, const floa
 // partial are read in the packed layout of mhc_pack_phi_avx2: the K rows of one column block are
 // 8·K contiguous floats, not K rows n·C apart (with n·C a multiple of 1024 those all fall in one L1
 // set and the K loop thrashes it). Registers: TB x, TB acc, phi, gphi, one broadcast.
+// mhc_site_backward_fused uses phase 1 with dots (mhc_stream_init_dots_avx2: no RMS term, which
+// phase 2 then adds from its coef argument) and the head of the next site (mhc_merge_head_avx2).
 
 namespace {
 
@@ -548,18 +551,92 @@ void stream_init_token(const float* x, const float* g, const float* gu, const fl
   });
 }
 
+// Phase 1 of the fused site backward (mhc_site_backward_fused), one token: g_X[j] = h_pre[j]·g_u +
+// Σ_i H[i][j]·G[i] (written; the RMS term comes in phase 2), and the dots of the merge and
+// pre-aggregate backwards on the token's X, G and g_u while they are in L1: g_hpre[j] =
+// <g_u, X[j]>, g_hres[i][j] = <G[i], X[j]> (overwritten). Each dot is summed in the order of
+// pre_aggregate_backward_token / post_merge_backward_token (same values).
+template <int N>
+void stream_init_dots_token(const float* x, const float* g, const float* gu, const float* H,
+                            const float* hpre, int64_t n_rt, int64_t C, float* gx, float* ghres,
+                            float* ghpre) {
+  const int64_t n = N ? N : n_rt;
+  constexpr int64_t kN = N ? N : kMhcMaxStreams;
+  __m256 dp[kN];
+  for (int64_t j = 0; j < n; ++j) dp[j] = _mm256_setzero_ps();
+  for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+    constexpr bool kFull = decltype(full)::value;
+    __m256 gv[kN];
+    for (int64_t i = 0; i < n; ++i) gv[i] = ld<kFull>(g + i * C + c, w);
+    const __m256 gum = ld<kFull>(gu + c, w);
+    for (int64_t j = 0; j < n; ++j) {
+      dp[j] = _mm256_fmadd_ps(gum, ld<kFull>(x + j * C + c, w), dp[j]);
+      __m256 a = _mm256_mul_ps(_mm256_set1_ps(hpre[j]), gum);
+      for (int64_t i = 0; i < n; ++i) a = _mm256_fmadd_ps(_mm256_set1_ps(H[i * n + j]), gv[i], a);
+      st<kFull>(gx + j * C + c, a, w);
+    }
+  });
+  for (int64_t j = 0; j < n; ++j) ghpre[j] = V::hsum(dp[j]);
+  // <G[i], X[j]>, two destinations i per sweep (2n accumulators).
+  for (int64_t i0 = 0; i0 < n; i0 += 2) {
+    const bool two = i0 + 1 < n;
+    __m256 a0[kN], a1[kN];
+    for (int64_t j = 0; j < n; ++j) a0[j] = a1[j] = _mm256_setzero_ps();
+    for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+      constexpr bool kFull = decltype(full)::value;
+      const __m256 g0 = ld<kFull>(g + i0 * C + c, w);
+      const __m256 g1 = two ? ld<kFull>(g + (i0 + 1) * C + c, w) : _mm256_setzero_ps();
+      for (int64_t j = 0; j < n; ++j) {
+        const __m256 xj = ld<kFull>(x + j * C + c, w);
+        a0[j] = _mm256_fmadd_ps(g0, xj, a0[j]);
+        if (two) a1[j] = _mm256_fmadd_ps(g1, xj, a1[j]);
+      }
+    });
+    for (int64_t j = 0; j < n; ++j) {
+      ghres[i0 * n + j] = V::hsum(a0[j]);
+      if (two) ghres[(i0 + 1) * n + j] = V::hsum(a1[j]);
+    }
+  }
+}
+
+// The head of a site's merge backward, one token, overwriting: g_F = Σ_i h_post[i]·G[i],
+// g_hpost[i] = <G[i], F> (the values of post_merge_backward_token into zeroed outputs).
+template <int N>
+void merge_head_token(const float* g, const float* f, const float* hp, int64_t n_rt, int64_t C,
+                      float* gF, float* ghp) {
+  const int64_t n = N ? N : n_rt;
+  constexpr int64_t kN = N ? N : kMhcMaxStreams;
+  __m256 acc[kN];
+  for (int64_t i = 0; i < n; ++i) acc[i] = _mm256_setzero_ps();
+  for_col_blocks(C, [&](int64_t c, auto full, int64_t w) {
+    constexpr bool kFull = decltype(full)::value;
+    const __m256 fv = ld<kFull>(f + c, w);
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; ++i) {
+      const __m256 gi = ld<kFull>(g + i * C + c, w);
+      acc[i] = _mm256_fmadd_ps(gi, fv, acc[i]);
+      a = _mm256_fmadd_ps(_mm256_set1_ps(hp[i]), gi, a);
+    }
+    st<kFull>(gF + c, a, w);
+  });
+  for (int64_t i = 0; i < n; ++i) ghp[i] = V::hsum(acc[i]);
+}
+
 // Phase 2, TB tokens whose g_X holds phase 1's values, one column block (pos; packed blocks pp
 // and gp_p): g_X[t] += Σ_k gm[t][k]·phi[k] and gphi[k] += Σ_t gm[t][k]·X[t]. One accumulator per
 // token: TB x, TB acc, phi, gphi and a broadcast stay in registers (a second accumulator per
 // token spilled at TB = 4); consecutive calls are independent, so the out-of-order core overlaps
 // their K-long chains.
+// coef (TB) or null: the tile first adds −coef[t]·X[t] (the RMS term, when phase 1 left it out).
 template <int TB, bool kFull>
-inline void stream_grad_tile(const float* X, const float* gm, const float* pp, int64_t nc,
-                             int64_t pos, int64_t w, int64_t K, float* gX, float* gp_p) {
+inline void stream_grad_tile(const float* X, const float* gm, const float* coef, const float* pp,
+                             int64_t nc, int64_t pos, int64_t w, int64_t K, float* gX,
+                             float* gp_p) {
   __m256 xv[TB], acc[TB];
   for (int t = 0; t < TB; ++t) {
     xv[t] = ld<kFull>(X + t * nc + pos, w);
     acc[t] = ld<kFull>(gX + t * nc + pos, w);
+    if (coef) acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(coef[t]), xv[t], acc[t]);
   }
   for (int64_t k = 0; k < K; ++k) {
     const __m256 pv = _mm256_loadu_ps(pp + k * 8);
@@ -627,15 +704,43 @@ void mhc_stream_init_avx2(const float* X, const float* G, const float* g_u, cons
   });
 }
 
+// Phase 1 of the fused site backward for count tokens (see stream_init_dots_token): g_X (count,
+// n, C) written, g_h_res (count, n, n) and g_h_pre (count, n) overwritten.
+void mhc_stream_init_dots_avx2(const float* X, const float* G, const float* g_u, const float* h_res,
+                               const float* h_pre, int64_t count, int64_t n, int64_t C,
+                               float* g_X, float* g_h_res, float* g_h_pre) {
+  const int64_t nc = n * C, nn = n * n;
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for (int64_t t = 0; t < count; ++t)
+      stream_init_dots_token<N>(X + t * nc, G + t * nc, g_u + t * C, h_res + t * nn,
+                                h_pre + t * n, n, C, g_X + t * nc, g_h_res + t * nn,
+                                g_h_pre + t * n);
+  });
+}
+
+// The merge-backward head for count tokens (see merge_head_token): g_F (count, C) and g_h_post
+// (count, n) overwritten from G (count, n, C), F (count, C), h_post (count, n).
+void mhc_merge_head_avx2(const float* G, const float* F, const float* h_post, int64_t count,
+                         int64_t n, int64_t C, float* g_F, float* g_h_post) {
+  with_streams(n, [&](auto NC) {
+    constexpr int N = decltype(NC)::value;
+    for (int64_t t = 0; t < count; ++t)
+      merge_head_token<N>(G + t * n * C, F + t * C, h_post + t * n, n, C, g_F + t * C,
+                          g_h_post + t * n);
+  });
+}
+
 // Phase 2 for count tokens (1..8, g_X holding phase 1's values): 4 tokens at a time over all
 // column blocks (one pass over the packed phi and the gphi partial per 4 tokens; running the
 // group's token quads back to back on one column block chains their gphi updates through
 // store-to-load forwarding, which measured slower). next_X / next_G / next_gu, next_count: the
 // next group's inputs, prefetched into L2 spread over the column blocks.
-void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* phi_p, int64_t count,
-                                int64_t n, int64_t C, float* g_X, float* gphi_p,
-                                const float* next_X, const float* next_G, const float* next_gu,
-                                int64_t next_count) {
+// coef (count) or null: also add −coef[t]·X[t] (phase 1 of the fused backward leaves it out).
+void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* coef,
+                                const float* phi_p, int64_t count, int64_t n, int64_t C,
+                                float* g_X, float* gphi_p, const float* next_X,
+                                const float* next_G, const float* next_gu, int64_t next_count) {
   const int64_t K = n * n + 2 * n, nc = n * C, nb = (C + 7) / 8;
   RangePrefetch pf;
   const float* starts[3] = {next_X, next_G, next_gu};
@@ -649,6 +754,7 @@ void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* ph
   for (int64_t t0 = 0; t0 < count; t0 += 4) {
     const float* Xt = X + t0 * nc;
     const float* gmt = gm + t0 * K;
+    const float* ct = coef ? coef + t0 : nullptr;
     float* gXt = g_X + t0 * nc;
     const int64_t tb = std::min<int64_t>(4, count - t0);
     for (int64_t j = 0; j < n; ++j)
@@ -657,13 +763,17 @@ void mhc_stream_grad_block_avx2(const float* X, const float* gm, const float* ph
         const int64_t pos = j * C + c, blk = (j * nb + c / 8) * K * 8;
         pf.step(pf_lines);
         if (tb == 4)
-          stream_grad_tile<4, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+          stream_grad_tile<4, kFull>(Xt, gmt, ct, phi_p + blk, nc, pos, w, K, gXt,
+                                     gphi_p + blk);
         else if (tb == 3)
-          stream_grad_tile<3, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+          stream_grad_tile<3, kFull>(Xt, gmt, ct, phi_p + blk, nc, pos, w, K, gXt,
+                                     gphi_p + blk);
         else if (tb == 2)
-          stream_grad_tile<2, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+          stream_grad_tile<2, kFull>(Xt, gmt, ct, phi_p + blk, nc, pos, w, K, gXt,
+                                     gphi_p + blk);
         else
-          stream_grad_tile<1, kFull>(Xt, gmt, phi_p + blk, nc, pos, w, K, gXt, gphi_p + blk);
+          stream_grad_tile<1, kFull>(Xt, gmt, ct, phi_p + blk, nc, pos, w, K, gXt,
+                                     gphi_p + blk);
       });
   }
 }
@@ -693,9 +803,11 @@ inline void scatter_lanes(__m256 x, float* base, int64_t stride, int count, int6
   }
 }
 
-// M (nn vectors) = exp(Z − max Z) per lane.
-inline void sinkhorn8_start(const float* Z, int count, int64_t n, __m256* M) {
-  const int64_t nn = n * n;
+// M (nn vectors) = exp(Z − max Z) per lane. N: n at compile time (0: run time n_rt), as in
+// with_streams; with N known the loops unroll and the matrix stays in registers where it fits.
+template <int N>
+inline void sinkhorn8_start(const float* Z, int count, int64_t n_rt, __m256* M) {
+  const int64_t n = N ? N : n_rt, nn = n * n;
   __m256 mx = gather_lanes(Z, nn, count, 0);
   M[0] = mx;
   for (int64_t k = 1; k < nn; ++k) {
@@ -705,9 +817,11 @@ inline void sinkhorn8_start(const float* Z, int count, int64_t n, __m256* M) {
   for (int64_t k = 0; k < nn; ++k) M[k] = V::exp(_mm256_sub_ps(M[k], mx));
 }
 
-inline void sinkhorn8_step(const __m256* in, __m256* out, __m256* inv, int64_t n, bool col) {
+template <int N, bool kCol>
+inline void sinkhorn8_step(const __m256* in, __m256* out, __m256* inv, int64_t n_rt) {
+  const int64_t n = N ? N : n_rt;
   const __m256 one = _mm256_set1_ps(1.0f);
-  if (col) {
+  if constexpr (kCol) {
     for (int64_t j = 0; j < n; ++j) inv[j] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < n; ++j) inv[j] = _mm256_add_ps(inv[j], in[i * n + j]);
@@ -761,48 +875,75 @@ static void sinkhorn1_forward_n4(const float* Z, float* H, int64_t n, int iters)
   }
 }
 
-void mhc_sinkhorn8_forward_avx2(const float* Z, float* H, int count, int64_t n, int iters) {
-  if (count == 1 && n <= 4) return sinkhorn1_forward_n4(Z, H, n, iters);
-  const int64_t nn = n * n;
-  __m256 M[kMhcMaxStreams * kMhcMaxStreams], inv[kMhcMaxStreams];
-  sinkhorn8_start(Z, count, n, M);
+namespace {
+
+template <int N>
+void sinkhorn8_forward(const float* Z, float* H, int count, int64_t n_rt, int iters) {
+  const int64_t n = N ? N : n_rt, nn = n * n;
+  __m256 M[N ? N * N : kMhcMaxStreams * kMhcMaxStreams], inv[N ? N : kMhcMaxStreams];
+  sinkhorn8_start<N>(Z, count, n, M);
   for (int it = 0; it < iters; ++it) {
-    sinkhorn8_step(M, M, inv, n, true);
-    sinkhorn8_step(M, M, inv, n, false);
+    sinkhorn8_step<N, true>(M, M, inv, n);
+    sinkhorn8_step<N, false>(M, M, inv, n);
   }
   for (int64_t k = 0; k < nn; ++k) scatter_lanes(M[k], H, nn, count, k, false);
+}
+
+// Back through one normalisation out = in·(1/s) (kCol: s the column sums): g_in = (g_out −
+// Σ_axis g_out ⊙ out)·(1/s), in place on g.
+template <int N, bool kCol>
+inline void sinkhorn8_step_back(__m256* g, const __m256* o, const __m256* iv, int64_t n_rt) {
+  const int64_t n = N ? N : n_rt;
+  for (int64_t a = 0; a < n; ++a) {
+    __m256 dot = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t k = kCol ? b * n + a : a * n + b;
+      dot = _mm256_fmadd_ps(g[k], o[k], dot);
+    }
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t k = kCol ? b * n + a : a * n + b;
+      g[k] = _mm256_mul_ps(_mm256_sub_ps(g[k], dot), iv[a]);
+    }
+  }
+}
+
+template <int N>
+void sinkhorn8_backward(const float* Z, const float* g_H, float* g_Z, int count, int64_t n_rt,
+                        int iters, float* work) {
+  const int64_t n = N ? N : n_rt, nn = n * n, steps = 2 * int64_t(iters);
+  // Work as vectors, 32-byte aligned inside the caller's buffer.
+  __m256* S = reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(work) + 31) & ~uintptr_t(31));
+  __m256* inv = S + (steps + 1) * nn;
+  __m256 g[N ? N * N : kMhcMaxStreams * kMhcMaxStreams];
+  sinkhorn8_start<N>(Z, count, n, S);
+  for (int64_t st = 0; st < steps; st += 2) {  // column step, then row step
+    sinkhorn8_step<N, true>(S + st * nn, S + (st + 1) * nn, inv + st * n, n);
+    sinkhorn8_step<N, false>(S + (st + 1) * nn, S + (st + 2) * nn, inv + (st + 1) * n, n);
+  }
+  for (int64_t k = 0; k < nn; ++k) g[k] = gather_lanes(g_H, nn, count, k);
+  for (int64_t st = steps - 1; st >= 1; st -= 2) {  // row step st, then column step st − 1
+    sinkhorn8_step_back<N, false>(g, S + (st + 1) * nn, inv + st * n, n);
+    sinkhorn8_step_back<N, true>(g, S + st * nn, inv + (st - 1) * n, n);
+  }
+  for (int64_t k = 0; k < nn; ++k)
+    scatter_lanes(_mm256_mul_ps(g[k], S[k]), g_Z, nn, count, k, true);
+}
+
+}  // namespace
+
+void mhc_sinkhorn8_forward_avx2(const float* Z, float* H, int count, int64_t n, int iters) {
+  if (count == 1 && n <= 4) return sinkhorn1_forward_n4(Z, H, n, iters);
+  with_streams(n, [&](auto NC) {
+    sinkhorn8_forward<decltype(NC)::value>(Z, H, count, n, iters);
+  });
 }
 
 // g_Z += unrolled backward of the forward above. work: 8·sinkhorn_work_size(n, iters) floats.
 void mhc_sinkhorn8_backward_avx2(const float* Z, const float* g_H, float* g_Z, int count, int64_t n,
                                  int iters, float* work) {
-  const int64_t nn = n * n, steps = 2 * int64_t(iters);
-  // Work as vectors, 32-byte aligned inside the caller's buffer.
-  __m256* S = reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(work) + 31) & ~uintptr_t(31));
-  __m256* inv = S + (steps + 1) * nn;
-  __m256 g[kMhcMaxStreams * kMhcMaxStreams];
-  sinkhorn8_start(Z, count, n, S);
-  for (int64_t st = 0; st < steps; ++st)
-    sinkhorn8_step(S + st * nn, S + (st + 1) * nn, inv + st * n, n, st % 2 == 0);
-  for (int64_t k = 0; k < nn; ++k) g[k] = gather_lanes(g_H, nn, count, k);
-  for (int64_t st = steps - 1; st >= 0; --st) {
-    const __m256* o = S + (st + 1) * nn;
-    const __m256* iv = inv + st * n;
-    const bool col = st % 2 == 0;
-    for (int64_t a = 0; a < n; ++a) {
-      __m256 dot = _mm256_setzero_ps();
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t k = col ? b * n + a : a * n + b;
-        dot = _mm256_fmadd_ps(g[k], o[k], dot);
-      }
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t k = col ? b * n + a : a * n + b;
-        g[k] = _mm256_mul_ps(_mm256_sub_ps(g[k], dot), iv[a]);
-      }
-    }
-  }
-  for (int64_t k = 0; k < nn; ++k)
-    scatter_lanes(_mm256_mul_ps(g[k], S[k]), g_Z, nn, count, k, true);
+  with_streams(n, [&](auto NC) {
+    sinkhorn8_backward<decltype(NC)::value>(Z, g_H, g_Z, count, n, iters, work);
+  });
 }
 
 }  // namespace qwen::ops::detail

@@ -719,9 +719,13 @@ static void mlp_forward(const ModelConfig& c, TrainModel::Impl& m, const LayerPa
 
 // Forward of one layer. Plain: x_in (N, C) already in a.x_in, out (N, C). mHC: the streams
 // (N, n, C) already in a.X_a, out (N, n, C). Writes every saved activation; out may not alias
-// the input.
+// the input. mHC only: in_done — the attention site's coefficients and u1 are already in a (the
+// layer above wrote them); nextL / next — the next layer, whose attention site's input side
+// (coefficients, u1 into next->coef_a, next->x_in) is computed with this layer's last merge in
+// one pass (out must then be next->X_a).
 static void layer_forward(const ModelConfig& c, TrainModel::Impl& m, const LayerParams& L,
-                          Acts& a, float* out, int64_t B, int64_t T) {
+                          Acts& a, float* out, int64_t B, int64_t T, bool in_done = false,
+                          const LayerParams* nextL = nullptr, Acts* next = nullptr) {
   const int64_t N = B * T, C = c.hidden_size;
   if (!c.use_mhc) {
     attn_forward(c, m, L, a, a.x1, B, T);
@@ -733,12 +737,18 @@ static void layer_forward(const ModelConfig& c, TrainModel::Impl& m, const Layer
   const ops::MhcDims& md = m.md;
   const ops::MhcCoefs<float> ca = ops::mhc_coefs_view(a.coef_a, N, md.n);
   const ops::MhcCoefs<float> cm = ops::mhc_coefs_view(a.coef_m, N, md.n);
-  ops::mhc_site_in(md, L.attn_hc.params(), a.X_a, N, ca, a.x_in);          // coefs, u1
+  if (!in_done) ops::mhc_site_in(md, L.attn_hc.params(), a.X_a, N, ca, a.x_in);  // coefs, u1
   attn_forward(c, m, L, a, a.F_a, B, T);
   // X_m = the attention site's merge, then the MLP site's coefficients and u2 in the same pass.
   ops::mhc_site_merge_in(md, a.X_a, ca, a.F_a, N, a.X_m, L.mlp_hc.params(), cm, a.x1);
   mlp_forward(c, m, L, a, a.F_m, N);
-  ops::mhc_post_merge(md, a.X_m, cm.h_res, cm.h_post, a.F_m, N, out);
+  if (next) {  // the MLP site's merge and the next layer's attention site input in one pass
+    assert(out == next->X_a);
+    ops::mhc_site_merge_in(md, a.X_m, cm, a.F_m, N, out, nextL->attn_hc.params(),
+                           ops::mhc_coefs_view(next->coef_a, N, md.n), next->x_in);
+  } else {
+    ops::mhc_post_merge(md, a.X_m, cm.h_res, cm.h_post, a.F_m, N, out);
+  }
 }
 
 // MLP sub-layer backward: m.dx holds dL/d(F output) on entry; dL/d(a.x1) is added to it
@@ -803,20 +813,30 @@ static void attn_backward(const ModelConfig& c, TrainModel::Impl& m, const Layer
   ops::rmsnorm_backward(a.x_in, L.attn_norm, m.dh, m.dx, L.g_attn_norm, N, C, eps);  // dL/dx_in
 }
 
+// The site below another in backward order (its sub-layer output and coefficients), whose
+// merge-backward head the site above computes from its finished dL/dX_in (mHC).
+struct SiteBelow {
+  const float* F = nullptr;
+  const float* coef = nullptr;
+};
+
 // Backward of one mHC site around a sub-layer: G = dL/dX_out (N, n, C); writes dL/dX_in into
 // gX (N, n, C, overwritten) and accumulates the site's and the sub-layer's parameter gradients.
 // X_in, coefs, Fout: the forward's site input, coefficients and sub-layer output.
+// *head_ready (mHC): on entry, whether m.dx (dL/dF) and m.g_hpost already hold this site's
+// merge-backward head (the site above computed it); on return, whether they hold below's.
 template <class SubBackward>
 static void site_backward(TrainModel::Impl& m, const SiteP& sp, const float* X_in,
                           const float* coef, const float* Fout, const float* G, float* gX,
-                          int64_t N, int64_t C, SubBackward&& sub_backward) {
+                          int64_t N, int64_t C, const SiteBelow* below, bool* head_ready,
+                          SubBackward&& sub_backward) {
   const ops::MhcDims& md = m.md;
   const int64_t n = md.n;
   const ops::MhcCoefs<float> co = ops::mhc_coefs_view(const_cast<float*>(coef), N, n);
-  std::fill(m.g_hpost, m.g_hpost + N * n, 0.0f);
-  std::fill(m.g_hres, m.g_hres + N * n * n, 0.0f);
-  std::fill(m.dx, m.dx + N * C, 0.0f);
   if (md.mode == ops::HcMode::Hc) {  // HC: the three backward functions, g_X accumulated
+    std::fill(m.g_hpost, m.g_hpost + N * n, 0.0f);
+    std::fill(m.g_hres, m.g_hres + N * n * n, 0.0f);
+    std::fill(m.dx, m.dx + N * C, 0.0f);
     std::fill(gX, gX + N * n * C, 0.0f);
     std::fill(m.g_hpre, m.g_hpre + N * n, 0.0f);
     ops::mhc_post_merge_backward(md, X_in, co.h_res, co.h_post, Fout, G, N, gX, m.g_hres,
@@ -825,30 +845,52 @@ static void site_backward(TrainModel::Impl& m, const SiteP& sp, const float* X_i
     ops::mhc_pre_aggregate_backward(md, X_in, co.h_pre, m.dx, N, gX, m.g_hpre);
     ops::mhc_coefficients_backward(md, sp.params(), X_in, co, m.g_hpre, m.g_hpost, m.g_hres, N,
                                    gX, sp.grads());
+    *head_ready = false;
     return;
   }
-  // mHC: the merge backward without g_X, F's backward, then g_X = H_resᵀ·G + the pre-aggregate
-  // and coefficient backwards in one pass over X_in and G (ops::mhc_site_backward_streams).
-  ops::mhc_post_merge_backward(md, X_in, co.h_res, co.h_post, Fout, G, N,
-                               static_cast<float*>(nullptr), m.g_hres, m.g_hpost, m.dx);
+  // mHC: the merge backward's head (dL/dF, g_h_post; unless the site above already wrote it),
+  // F's backward, then one pass over X_in and G: g_h_res, g_X = H_resᵀ·G + the pre-aggregate and
+  // coefficient backwards, and the head of the site below from the finished g_X
+  // (ops::mhc_site_backward_fused).
+  if (!*head_ready) {
+    std::fill(m.g_hpost, m.g_hpost + N * n, 0.0f);
+    std::fill(m.dx, m.dx + N * C, 0.0f);
+    ops::mhc_post_merge_backward(md, X_in, co.h_res, co.h_post, Fout, G, N,
+                                 static_cast<float*>(nullptr), static_cast<float*>(nullptr),
+                                 m.g_hpost, m.dx);
+  }
   sub_backward();
-  ops::mhc_site_backward_streams(md, sp.params(), X_in, co, G, m.dx, m.g_hpost, m.g_hres, N,
-                                 m.g_hpre, gX, sp.grads());
+  ops::MhcMergeHead<float> head;
+  if (below) {  // written over m.dx (g_u) and m.g_hpost, token group by token group
+    head.F = below->F;
+    head.h_post = ops::mhc_coefs_view(const_cast<float*>(below->coef), N, n).h_post;
+    head.g_F = m.dx;
+    head.g_h_post = m.g_hpost;
+  }
+  ops::mhc_site_backward_fused(md, sp.params(), X_in, co, G, m.dx, m.g_hpost, N, m.g_hpre, gX,
+                               sp.grads(), below ? &head : nullptr);
+  *head_ready = below != nullptr;
 }
 
 // Backward of one layer. Plain: m.dx holds dL/d(out) on entry and dL/d(x_in) on return. mHC:
-// m.dX0 holds dL/d(out streams) on entry and dL/d(X_a) on return (m.dX1 is scratch).
+// m.dX0 holds dL/d(out streams) on entry and dL/d(X_a) on return (m.dX1 is scratch); below: the
+// layer below's saved activations when they are at hand (not recomputed), whose MLP site's
+// merge-backward head the attention site then computes (*head_ready, see site_backward).
 static void layer_backward(const ModelConfig& c, TrainModel::Impl& m, const LayerParams& L,
-                           const Acts& a, int64_t B, int64_t T) {
+                           const Acts& a, int64_t B, int64_t T, const Acts* below,
+                           bool* head_ready) {
   const int64_t N = B * T, C = c.hidden_size;
   if (!c.use_mhc) {
     mlp_backward(c, m, L, a, N, true);
     attn_backward(c, m, L, a, B, T, true);
     return;
   }
-  site_backward(m, L.mlp_hc, a.X_m, a.coef_m, a.F_m, m.dX0, m.dX1, N, C,
+  const SiteBelow attn_site{a.F_a, a.coef_a};
+  const SiteBelow mlp_below = below ? SiteBelow{below->F_m, below->coef_m} : SiteBelow{};
+  site_backward(m, L.mlp_hc, a.X_m, a.coef_m, a.F_m, m.dX0, m.dX1, N, C, &attn_site, head_ready,
                 [&] { mlp_backward(c, m, L, a, N, false); });
   site_backward(m, L.attn_hc, a.X_a, a.coef_a, a.F_a, m.dX1, m.dX0, N, C,
+                below ? &mlp_below : nullptr, head_ready,
                 [&] { attn_backward(c, m, L, a, B, T, false); });
 }
 
@@ -919,6 +961,7 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
     embed_rows(m, tokens, N, V, C, m.acts[0].x_in);
   }
   float* last = mhc ? m.X_last : m.x_last;
+  bool in_done = false;  // mHC without recompute: layer l's last merge did l + 1's site input
   for (int64_t l = 0; l < L; ++l) {
     Acts* a = &m.acts[size_t(l)];
     Acts full;
@@ -928,7 +971,10 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
       a = &full;
     }
     float* out = l + 1 < L ? input_of(m.acts[size_t(l + 1)]) : last;
-    layer_forward(c, m, m.layers[size_t(l)], *a, out, B, T);
+    const bool fuse = mhc && !opt_.recompute && l + 1 < L;
+    layer_forward(c, m, m.layers[size_t(l)], *a, out, B, T, in_done,
+                  fuse ? &m.layers[size_t(l + 1)] : nullptr, fuse ? &m.acts[size_t(l + 1)] : nullptr);
+    in_done = fuse;
   }
   if (mhc) ops::mhc_collapse(m.X_last, N, n, C, m.x_last);  // streams summed
   ops::rmsnorm(m.x_last, m.final_norm, m.xf, N, C, eps);
@@ -944,6 +990,7 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
   std::fill(m.dx, m.dx + N * C, 0.0f);
   ops::rmsnorm_backward(m.x_last, m.final_norm, m.dh, m.dx, m.g_final_norm, N, C, eps);
   if (mhc) ops::mhc_expand(m.dx, N, n, C, m.dX0);  // the sum's backward: a copy per stream
+  bool head_ready = false;  // mHC: see site_backward
   for (int64_t l = L - 1; l >= 0; --l) {
     const Acts* a = &m.acts[size_t(l)];
     Acts full;
@@ -955,7 +1002,9 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
       layer_forward(c, m, m.layers[size_t(l)], full, mhc ? m.X_scratch : m.dh, B, T);
       a = &full;
     }
-    layer_backward(c, m, m.layers[size_t(l)], *a, B, T);
+    // The layer below's activations, if stored (with recompute they are not there yet).
+    const Acts* below = !opt_.recompute && l > 0 ? &m.acts[size_t(l - 1)] : nullptr;
+    layer_backward(c, m, m.layers[size_t(l)], *a, B, T, below, &head_ready);
   }
   if (mhc) ops::mhc_collapse(m.dX0, N, n, C, m.dx);  // the copy's backward: sum over streams
   if (m.g_embed) ops::embedding_backward(tokens, N, m.dx, m.g_embed, V, C);
