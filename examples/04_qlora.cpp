@@ -4,7 +4,8 @@
 // writes the adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors).
 // Checks: the trainable count is exactly r·(in + out) summed over the adapted projections, the
 // frozen base really is NF4, the loss on the sentence falls, and merging the adapter into the
-// weights gives the same logits as running it unmerged (up to float rounding).
+// weights gives the same logits as running it unmerged (up to the rounding of the NF4
+// inference kernels, which quantise activations to 8 bits per 64-block: docs/quantization.md).
 // Usage: 04_qlora BASE_MODEL_DIR TOKENIZER_DIR ADAPTER_OUT_DIR
 #include <cmath>
 #include <cstdio>
@@ -75,7 +76,11 @@ int main(int argc, char** argv) {
     std::printf("saved PEFT adapter to %s: %s\n", argv[3], peft ? "yes" : "no");
     if (!peft) return 1;
 
-    // Unmerged (NF4 base + adapter) vs merged (W + s·B·A in f32): the same function.
+    // Unmerged (NF4 base + adapter) vs merged (W + s·B·A in f32): the same function. The
+    // unmerged forward runs the NF4 inference kernels (8-bit activations per 64-block, every
+    // M), so the two differ by that rounding: ~3e-3 of the largest logit on this model (it was
+    // ~1e-6 when prefill dequantised to f32); a merge that lost or doubled the adapter's
+    // delta moves the logits by O(1) (the adapter lowered the loss by more than 1 nat).
     const std::vector<int32_t> probe(ids.begin(), ids.begin() + 16);
     const std::vector<float> a = trainer.model().forward(probe);
     const std::vector<float> b = trainer.merged_model().forward(probe);
@@ -85,7 +90,7 @@ int main(int argc, char** argv) {
       scale = std::fmax(scale, std::fabs(a[i]));
     }
     std::printf("merged vs unmerged logits: max |diff| %.2g (max |logit| %.2g)\n", diff, scale);
-    if (!(diff <= 1e-3 * scale)) return 1;
+    if (!(diff <= 1e-2 * scale)) return 1;
     std::printf("OK\n");
   } catch (const qwen::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -1,7 +1,8 @@
 // tests/test_quant_folder.cpp — quantised model folders:
 //  - a 4-bit folder written by transformers + bitsandbytes (tests/data/quant/hf_nf4_qwen2, from
-//    make_golden.py) loads with exactly bitsandbytes' dequantised weights and logits close to the
-//    bitsandbytes model's;
+//    make_golden.py) loads with exactly bitsandbytes' dequantised weights and, through the exact
+//    NF4 kernels, logits within 1e-4 of the bitsandbytes model's (the default 8-bit kernels within
+//    a fifth of NF4's own error);
 //  - the NF4 folder we write from the same float model is tensor-for-tensor byte-identical to it
 //    (names, dtypes, shapes, packed codes, absmax codes, nested fields, quant_state JSON);
 //  - quantise -> load -> logits close to the float model (NF4 and Q8_0; the error is printed);
@@ -16,6 +17,7 @@
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/model.h"
+#include "ops/nf4.h"
 #include "ops/q8_0.h"
 #include "ops/quant.h"
 #include "qwen/error.h"
@@ -97,12 +99,33 @@ TEST(QuantFolder, TransformersNf4FolderLoadsWithBitsandbytesWeights) {
   const io::TensorInfo* lt = g->find("logits");
   std::vector<float> ref(lt->nbytes / 4);
   std::memcpy(ref.data(), lt->data, lt->nbytes);
-  const auto logits = run_logits(*m, kIds);
-  ASSERT_EQ(logits.size(), ref.size());
+  // With the exact NF4 kernels (f32 matvec, dequantise + f32 GEMM) the prefill reproduces
+  // bitsandbytes' logits (its dequantised weights in f32).
+  std::vector<float> exact;
+  {
+    struct ExactKernels {  // restored even if an assertion returns early
+      ExactKernels() { ops::detail::nf4_set_decode(ops::detail::Nf4Decode::kF32); }
+      ~ExactKernels() { ops::detail::nf4_set_decode(ops::detail::Nf4Decode::kInt8); }
+    } scope;
+    exact = run_logits(*m, kIds);
+  }
+  ASSERT_EQ(exact.size(), ref.size());
   double max_err = 0;
-  for (size_t i = 0; i < ref.size(); ++i) max_err = std::max(max_err, double(std::fabs(logits[i] - ref[i])));
-  std::printf("hf nf4 folder: max |logit - bitsandbytes logit| = %.3g\n", max_err);
+  for (size_t i = 0; i < ref.size(); ++i) max_err = std::max(max_err, double(std::fabs(exact[i] - ref[i])));
+  std::printf("hf nf4 folder, exact kernels: max |logit - bitsandbytes logit| = %.3g\n", max_err);
   EXPECT_LT(max_err, 1e-4);
+  // The default kernels round activations to 8 bits per 64-block (the decode matvec and, with
+  // AVX2, the multi-row matmul of the prefill; docs/quantization.md): their logits stay within a
+  // small fraction of NF4's own error against the float model this folder was quantised from
+  // (measured: 0.042 relative RMS against 0.34 for NF4 itself on this tiny random model, which
+  // amplifies weight error; a real model's perplexity moves by +0.005% against NF4's +0.03%).
+  const auto logits = run_logits(*m, kIds);
+  auto fm = Model::load(data_path("models/qwen2_gqa"));
+  const auto flt = run_logits(*fm, kIds);
+  const double kernel_err = rel_rms(logits, exact), nf4_err = rel_rms(exact, flt);
+  std::printf("hf nf4 folder: relative RMS logit error, default vs exact kernels %.4f, NF4 vs float %.4f\n",
+              kernel_err, nf4_err);
+  EXPECT_LT(kernel_err, nf4_err / 5);
 }
 
 TEST(QuantFolder, OurNf4FolderIsByteIdenticalToTransformers) {

@@ -4,7 +4,7 @@
 //    blocks, exact ties, zero blocks (golden: tests/data/quant/make_golden.py);
 //  - the packed quant_state JSON as bitsandbytes writes it;
 //  - the AVX2 dequantise / matvec / matmul / input-backward kernels against their scalar
-//    references on random odd shapes.
+//    references on random odd shapes; the multi-row matmul's rows bit-identical to the matvec.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -350,10 +350,30 @@ TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
             ops::nf4_matvec_i16(W.data(), X.data(), y, N, K, acc);
           }, "matvec_i16 acc");
         } else {
-          ops::nf4_matmul(X.data(), W.data(), got.data(), M, N, K, false);
-          expect_close_dot(got, ref, abs_sum, K, "matmul");
+          // The dequantise + GEMM path: exact x, f32 summation order only.
+          ops::nf4_matmul_dequant(X.data(), W.data(), got.data(), M, N, K, false);
+          expect_close_dot(got, ref, abs_sum, K, "matmul_dequant");
+          // nf4_matmul / ops::matmul (the multi-row 8-bit kernel with AVX2): each row within the
+          // 8-bit kernel's documented bound of the reference.
+          const IntKernel kind = ops::nf4_matmul_row_invariant() ? IntKernel::k8 : IntKernel::k16;
+          std::vector<float> all(size_t(M * N)), all_acc(size_t(M * N), -0.5f), acc_ref(size_t(M * N), -0.5f);
+          ops::nf4_matmul(X.data(), W.data(), all.data(), M, N, K, false);
           ops::matmul(X.data(), W.data(), DType::NF4, got.data(), M, N, K);
-          expect_close_dot(got, ref, abs_sum, K, "ops::matmul");
+          EXPECT_TRUE(same_bits(all, got)) << "ops::matmul vs nf4_matmul";
+          ops::nf4_matmul(X.data(), W.data(), all_acc.data(), M, N, K, true);
+          ops::nf4_matmul_ref(X.data(), W.data(), acc_ref.data(), M, N, K, true);
+          std::vector<float> row, row_ref(static_cast<size_t>(N));
+          for (int64_t m = 0; m < M; ++m) {
+            const float* x = X.data() + m * K;
+            std::copy(ref.begin() + m * N, ref.begin() + (m + 1) * N, row_ref.begin());
+            expect_int_close(kind, W, x, row, row_ref, N, K, 0.0, [&](float* y, bool) {
+              std::copy(all.begin() + m * N, all.begin() + (m + 1) * N, y);
+            }, "matmul row");
+            std::copy(acc_ref.begin() + m * N, acc_ref.begin() + (m + 1) * N, row_ref.begin());
+            expect_int_close(kind, W, x, row, row_ref, N, K, -0.5, [&](float* y, bool) {
+              std::copy(all_acc.begin() + m * N, all_acc.begin() + (m + 1) * N, y);
+            }, "matmul acc row");
+          }
         }
         if (M == 1) {
           // The exact f32 kernel: f32 summation order only.
@@ -367,10 +387,10 @@ TEST(Nf4Kernels, MatvecAndMatmulMatchReferenceOnOddShapes) {
           expect_close_dot(acc, acc_ref, abs_acc, K, "matvec_f32 acc");
         } else {
           std::vector<float> acc(size_t(M * N), -0.5f), acc_ref(size_t(M * N), -0.5f);
-          ops::nf4_matmul(X.data(), W.data(), acc.data(), M, N, K, true);
+          ops::nf4_matmul_dequant(X.data(), W.data(), acc.data(), M, N, K, true);
           ops::nf4_matmul_ref(X.data(), W.data(), acc_ref.data(), M, N, K, true);
           for (auto& s : abs_sum) s += 0.5;
-          expect_close_dot(acc, acc_ref, abs_sum, K, "matmul acc");
+          expect_close_dot(acc, acc_ref, abs_sum, K, "matmul_dequant acc");
         }
       }
     }
@@ -510,6 +530,83 @@ TEST(Nf4Kernels, IntMatvecOneSignActivationsWithinBound) {
   }
 }
 
+// The multi-row kernel (nf4_matmul for M >= 2 with AVX2): every row of an M-row product is
+// bit-identical to the M = 1 matvec of that row alone, byte for byte, for many M (across the
+// 4-row activation tiles and the ~96 KiB activation panels), odd N (groups of 4 weight rows and
+// the last N % 4 single rows), double-quantised and f32-absmax matrices, y overwritten and
+// accumulated, one and several threads, and rows that take the exact kernel (a NaN, an infinity,
+// a block too small for a normal scale) mixed with rows that do not.
+TEST(Nf4Kernels, MultiRowMatmulRowsEqualTheMatvecBitForBit) {
+  if (!ops::nf4_matmul_row_invariant()) GTEST_SKIP() << "no AVX2: nf4_matmul dequantises for M >= 2";
+  std::mt19937 rng(61);
+  struct Shape { int64_t N, K; };
+  const int saved_threads = num_threads();
+  for (const Shape s : {Shape{1, 64}, Shape{3, 192}, Shape{6, 64 * 19}, Shape{17, 320}, Shape{33, 2048},
+                        Shape{130, 128}, Shape{257, 768}}) {
+    for (bool dq : {true, false}) {
+      std::vector<float> w(size_t(s.N * s.K));
+      std::normal_distribution<float> nd(0.0f, 0.05f);
+      for (auto& v : w) v = nd(rng);
+      const std::vector<uint8_t> W = ops::nf4_quantize_matrix(w.data(), s.N, s.K, dq);
+      const int64_t N = s.N, K = s.K;
+      for (int64_t M : {2, 3, 4, 5, 7, 8, 9, 13, 50, 131}) {
+        if (M > 13 && N * K > 64 * 1024 && M != 50) continue;  // keep the test fast
+        for (int threads : {1, 2}) {
+          SCOPED_TRACE("N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M) +
+                       (dq ? " dq" : " f32 absmax") + " threads=" + std::to_string(threads));
+          set_num_threads(threads);
+          std::vector<float> X = random_vec(size_t(M * K), rng);
+          for (int64_t m = 0; m < M; ++m)  // blocks of very different magnitudes
+            for (int64_t k = 0; k < K; ++k) X[size_t(m * K + k)] *= std::ldexp(1.0f, int((k / 64 + m) % 5) * 3 - 6);
+          if (M >= 5) {
+            X[size_t(1 * K + K / 2)] = std::nanf("");
+            X[size_t(3 * K)] = -INFINITY;
+            for (int64_t k = 0; k < 64; ++k) X[size_t(4 * K + k)] *= 1e-37f;  // subnormal scale
+          }
+          for (bool acc : {false, true}) {
+            std::vector<float> y0(size_t(M * N));
+            for (auto& v : y0) v = float(int(rng() % 9) - 4) * 0.125f;
+            std::vector<float> got = y0, one = y0;
+            ops::nf4_matmul(X.data(), W.data(), got.data(), M, N, K, acc);
+            for (int64_t m = 0; m < M; ++m) ops::nf4_matvec(W.data(), X.data() + m * K, one.data() + m * N, N, K, acc);
+            for (int64_t m = 0; m < M; ++m)
+              ASSERT_EQ(std::memcmp(got.data() + m * N, one.data() + m * N, size_t(N) * 4), 0)
+                  << "row " << m << (acc ? " acc" : "");
+            // ops::matmul (the DType::NF4 table) takes the same path; so does the kernel by name.
+            std::vector<float> via_ops = y0, named = y0;
+            ops::matmul(X.data(), W.data(), DType::NF4, via_ops.data(), M, N, K, acc);
+            ops::nf4_matmul_act8(X.data(), W.data(), named.data(), M, N, K, acc);
+            ASSERT_TRUE(same_bits(via_ops, one)) << (acc ? "ops::matmul acc" : "ops::matmul");
+            ASSERT_TRUE(same_bits(named, one)) << (acc ? "act8 acc" : "act8");
+          }
+        }
+      }
+    }
+  }
+  set_num_threads(saved_threads);
+}
+
+// The property the server relies on (a lone row equals the same row in any batch): row 0 of
+// X alone (M = 1, the decode matvec) and inside batches of every size up to 40 with other rows
+// around it, on the 124.7M model's 768 x 768 shape with an f32-absmax matrix as inference loads it.
+TEST(Nf4Kernels, MultiRowMatmulRowDoesNotDependOnBatch) {
+  if (!ops::nf4_matmul_row_invariant()) GTEST_SKIP() << "no AVX2: nf4_matmul dequantises for M >= 2";
+  std::mt19937 rng(67);
+  const int64_t N = 768, K = 768;
+  std::vector<float> w(size_t(N * K));
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  for (auto& v : w) v = nd(rng);
+  const std::vector<uint8_t> W = ops::nf4_matrix_expand_absmax(ops::nf4_quantize_matrix(w.data(), N, K, true).data());
+  const std::vector<float> X = random_vec(size_t(40 * K), rng);
+  std::vector<float> alone(static_cast<size_t>(N));
+  ops::matmul(X.data(), W.data(), DType::NF4, alone.data(), 1, N, K);
+  for (int64_t M = 2; M <= 40; ++M) {
+    std::vector<float> Y(size_t(M * N));
+    ops::matmul(X.data(), W.data(), DType::NF4, Y.data(), M, N, K);
+    ASSERT_EQ(std::memcmp(Y.data(), alone.data(), size_t(N) * 4), 0) << "M=" << M;
+  }
+}
+
 TEST(Nf4Kernels, InputBackwardMatchesReference) {
   std::mt19937 rng(23);
   for (int64_t N : {1, 7, 70, 130}) {
@@ -634,6 +731,9 @@ TEST(Nf4Kernels, ExpandedAbsmaxIsBitIdentical) {
         expect_same(ya, yb, "matmul");
         ops::matmul(X.data(), e.data(), DType::NF4, yb.data(), M, N, K);
         expect_same(ya, yb, "ops::matmul");
+        ops::nf4_matmul_dequant(X.data(), m.data(), ya.data(), M, N, K, false);
+        ops::nf4_matmul_dequant(X.data(), e.data(), yb.data(), M, N, K, false);
+        expect_same(ya, yb, "matmul_dequant");
         const std::vector<float> dY = random_vec(size_t(M * N), rng);
         std::vector<float> da(size_t(M * K)), db(size_t(M * K));
         ops::nf4_matmul_input_backward(dY.data(), m.data(), da.data(), M, N, K, false);

@@ -20,6 +20,7 @@
 #include "model/decoder.h"
 #include "model/model.h"
 #include "ops/matmul.h"
+#include "ops/nf4.h"
 #include "ops/q8_0.h"
 #include "ops/quant.h"
 #include "qwen/tokenizer.h"
@@ -139,20 +140,27 @@ TEST(ServeEngine, PagedCacheMatchesContiguousCache) {
 
 // ---- batch invariance -----------------------------------------------------------------------
 
-// A random model whose seven projections per layer are quantised to Q8_0 (embedding, norms and
-// the LM head stay F32).
-std::unique_ptr<Model> random_q8_0_model(const ModelConfig& c, uint64_t seed) {
+// A random model whose seven projections per layer are quantised to Q8_0 or NF4 (embedding,
+// norms and the LM head stay F32). NF4 comes in the inference form (f32 absmax, what a folder
+// loaded for serving holds) or, with nf4_compact, the double-quantised QLoRA form.
+std::unique_ptr<Model> random_quant_model(const ModelConfig& c, uint64_t seed, DType dtype,
+                                          bool nf4_compact = false) {
   std::shared_ptr<Model> base = Model::random(c, seed);
   std::vector<LayerWeights> layers = base->layers();
   auto bufs = std::make_shared<std::vector<std::vector<uint8_t>>>();
   bufs->reserve(layers.size() * 7);
   for (LayerWeights& L : layers)
     for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
-      bufs->emplace_back(size_t(l->n_out) * dtype_row_bytes(DType::Q8_0, l->n_in));
-      ops::quantize_matrix(DType::Q8_0, static_cast<const float*>(l->w), bufs->back().data(),
-                           l->n_out, l->n_in);
+      const float* w = static_cast<const float*>(l->w);
+      if (dtype == DType::NF4) {
+        std::vector<uint8_t> q = ops::nf4_quantize_matrix(w, l->n_out, l->n_in);
+        bufs->push_back(nf4_compact ? std::move(q) : ops::nf4_matrix_expand_absmax(q.data()));
+      } else {
+        bufs->emplace_back(size_t(l->n_out) * dtype_row_bytes(dtype, l->n_in));
+        ops::quantize_matrix(dtype, w, bufs->back().data(), l->n_out, l->n_in);
+      }
       l->w = bufs->back().data();
-      l->dtype = DType::Q8_0;
+      l->dtype = dtype;
     }
   auto keep = std::make_shared<std::pair<std::shared_ptr<Model>, decltype(bufs)>>(base, bufs);
   return Model::from_weights(base->config(), keep, base->embed(), base->embed_dtype(),
@@ -166,6 +174,7 @@ struct InvarianceCase {
   int32_t n_blocks;  // 0: plenty
   bool sample;
   DType dtype;
+  bool nf4_compact = false;
 };
 
 TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
@@ -179,6 +188,10 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
       // multi-row Q8_0 kernel alone keeps every row's sums independent of the batch.
       {"greedy, Q8_0 projections, chunked prefill", 4, 24, 0, false, DType::Q8_0},
       {"seeded sampling, Q8_0 projections", 16, 40, 0, true, DType::Q8_0},
+      // NF4 projections (FFN 128: NF4 rows are whole 64-blocks): the multi-row 8-bit kernel
+      // sums every row as the 1-row matvec does (ops/nf4.h), in both absmax forms.
+      {"greedy, NF4 projections, chunked prefill", 4, 24, 0, false, DType::NF4},
+      {"seeded sampling, NF4 projections (double-quantised absmax)", 16, 40, 0, true, DType::NF4, true},
   };
   // Both ways to batch invariance: pre-packed weights (a packed 1-row product rounds as a batched
   // one, no companion row) and raw weights with the companion row.
@@ -186,8 +199,10 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
   for (const auto& tc : cases) {
     SCOPED_TRACE(tc.what);
     SCOPED_TRACE(prepack ? "pre-packed weights" : "raw weights, companion row");
-    auto m = tc.dtype == DType::Q8_0 ? random_q8_0_model(small_config(384, 4, 2), 42)
-                                     : Model::random(small_config(384, 4, 2), 42, tc.dtype);
+    ModelConfig cfg = small_config(384, 4, 2);
+    if (tc.dtype == DType::NF4) cfg.intermediate_size = 128;
+    auto m = dtype_is_quantized(tc.dtype) ? random_quant_model(cfg, 42, tc.dtype, tc.nf4_compact)
+                                          : Model::random(cfg, 42, tc.dtype);
     std::vector<Tokens> prompts = random_prompts(8, 384, 7, 3, 45);
     std::vector<GenerationRequest> reqs;
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -210,7 +225,10 @@ TEST(ServeEngine, ConcurrentRequestsMatchRunningAlone) {
     ec.prepack_weights = prepack;
     const std::vector<RequestOutput> alone = run_alone(*m, ec, reqs);
     Engine crowd(*m, nullptr, ec);
-    EXPECT_EQ(crowd.uses_companion_row(), !prepack);
+    const bool quant_invariant = tc.dtype == DType::Q8_0 ? ops::q8_0_matmul_row_invariant()
+                                 : tc.dtype == DType::NF4  ? ops::nf4_matmul_row_invariant()
+                                                           : true;
+    EXPECT_EQ(crowd.uses_companion_row(), !prepack || !quant_invariant);
     const std::vector<RequestOutput> together = run_crowd(crowd, reqs);
     for (size_t i = 0; i < reqs.size(); ++i) {
       ASSERT_EQ(int64_t(alone[i].tokens.size()), reqs[i].max_tokens);

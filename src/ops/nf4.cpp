@@ -337,9 +337,82 @@ void nf4_matmul_ref(const float* X, const void* W, float* Y, int64_t M, int64_t 
   }
 }
 
+void nf4_matmul_dequant(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
+                        bool acc) {
+  matmul_dequant_panels(X, W, DType::NF4, nf4_dequantize_rows, Y, M, N, K, acc);
+}
+
+void nf4_matmul_act8(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc) {
+  if (M <= 0 || N <= 0) return;
+  if (!cpu_features().avx2) return nf4_matmul_dequant(X, W, Y, M, N, K, acc);
+  if (M < 4) {  // the matvec per row: faster at 2-3 rows (bench_nf4_rows), the same results
+    for (int64_t m = 0; m < M; ++m) nf4_matvec(W, X + m * K, Y + m * N, N, K, acc);
+    return;
+  }
+  const Nf4View v = nf4_view(W);
+  const int64_t nb = K / kNf4Block;
+  // Per row: int8 activations, the matvec's xc (8 per block) and scales (M, nb; + 8 floats of
+  // vector tail as nf4_matvec keeps) and whether it quantised; then the rows that did, in tiles.
+  thread_local std::vector<int8_t> xq, xt;
+  thread_local std::vector<int32_t> xc8, ct;
+  thread_local std::vector<float> xs, xst;
+  thread_local std::vector<float*> yrow;
+  thread_local std::vector<uint8_t> ok;
+  const int64_t n_tiles = (M + 3) / 4;
+  if (xq.size() < size_t(M * K)) xq.resize(size_t(M * K));
+  if (xt.size() < size_t(n_tiles * 4 * K)) xt.resize(size_t(n_tiles * 4 * K));
+  if (xc8.size() < size_t(M * nb * 8)) xc8.resize(size_t(M * nb * 8));
+  if (ct.size() < size_t(n_tiles * 4 * nb)) ct.resize(size_t(n_tiles * 4 * nb));
+  if (xs.size() < size_t(M * nb + 8)) xs.resize(size_t(M * nb + 8), 0.0f);
+  if (xst.size() < size_t(n_tiles * 4 * nb)) xst.resize(size_t(n_tiles * 4 * nb), 0.0f);
+  ok.assign(size_t(M), 0);
+  int8_t *xqp = xq.data(), *xtp = xt.data();
+  int32_t *xc8p = xc8.data(), *ctp = ct.data();
+  float *xsp = xs.data(), *xstp = xst.data();
+  uint8_t* okp = ok.data();
+  const bool par = M * N * K >= 2 * kParMin && num_threads() > 1;
+#pragma omp parallel for schedule(static) if (par && M * K >= kParMin)
+  for (int64_t m = 0; m < M; ++m)
+    okp[m] = detail::nf4_quantize_act8(X + m * K, K, xqp + m * K, xc8p + m * nb * 8, xsp + m * nb) ? 1 : 0;
+  yrow.clear();
+  int64_t G = 0;  // rows that quantised, in order; the others take the exact kernel as in nf4_matvec
+  for (int64_t m = 0; m < M; ++m) {
+    if (!okp[m]) {
+      nf4_matvec_f32(W, X + m * K, Y + m * N, N, K, acc);
+      continue;
+    }
+    const int64_t t = G / 4, i = G % 4;
+    for (int64_t b = 0; b < nb; ++b) {
+      std::memcpy(xtp + ((t * nb + b) * 4 + i) * 64, xqp + m * K + b * 64, 64);
+      ctp[(t * nb + b) * 4 + i] = xc8p[(m * nb + b) * 8];
+      xstp[(t * nb + b) * 4 + i] = xsp[m * nb + b];
+    }
+    yrow.push_back(Y + m * N);
+    ++G;
+  }
+  if (G == 0) return;
+  const detail::Nf4ActTiles tiles{xtp, ctp, xstp, yrow.data(), G};
+  const int64_t n_single = N / 4 * 4;
+  if (!par) {
+    detail::nf4_matmul_rows_act8_avx2(v, tiles, 0, N, n_single, K, acc);
+    return;
+  }
+#pragma omp parallel
+  {
+    int64_t n0, n1;
+    thread_rows(N, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
+    if (n1 > n0) detail::nf4_matmul_rows_act8_avx2(v, tiles, n0, n1, n_single, K, acc);
+  }
+}
+
+bool nf4_matmul_row_invariant() {
+  return cpu_features().avx2 && g_decode.load(std::memory_order_relaxed) == int(detail::Nf4Decode::kInt8);
+}
+
 void nf4_matmul(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc) {
   if (M == 1) return nf4_matvec(W, X, Y, N, K, acc);
-  matmul_dequant_panels(X, W, DType::NF4, nf4_dequantize_rows, Y, M, N, K, acc);
+  if (nf4_matmul_row_invariant()) return nf4_matmul_act8(X, W, Y, M, N, K, acc);
+  nf4_matmul_dequant(X, W, Y, M, N, K, acc);
 }
 
 void nf4_matmul_input_backward_ref(const float* dY, const void* W, float* dX, int64_t M, int64_t N,

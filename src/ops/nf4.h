@@ -140,7 +140,27 @@ void nf4_matvec_i16(const void* W, const float* x, float* y, int64_t N, int64_t 
 void nf4_matvec_f32(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 void nf4_matvec_ref(const void* W, const float* x, float* y, int64_t N, int64_t K, bool acc);
 // Y (M, N) (+)= X (M, K) · Wᵀ.
+// nf4_matmul (registered: prefill, the training forward, served batches): M = 1 is nf4_matvec;
+// with AVX2 every M >= 2 runs nf4_matmul_act8, whose every row is bit-identical to nf4_matvec of
+// that row alone (a row's result does not depend on M or on the other rows; the 8-bit error
+// bound above); without AVX2 (or while a bench routes decode to another kernel,
+// detail::nf4_set_decode), nf4_matmul_dequant.
+// nf4_matmul_act8: the multi-row 8-bit integer kernel. M <= 3: nf4_matvec row by row (faster
+// there: it decodes each block in registers). M >= 4: each row of X is quantised as nf4_matvec
+// quantises x; each weight block's codes are looked up once (per panel of ~96 KiB of activation
+// rows) and applied to all rows, 2 weight rows × 4 activation rows per tile, with the matvec's
+// per-block arithmetic and final fold unchanged. A row holding a NaN or an infinity (or a
+// nonzero block below ~1e-30) takes nf4_matvec_f32, as nf4_matvec does. Weight rows are split
+// over the threads in groups of 4, as in nf4_matvec.
+// nf4_matmul_dequant: dequantised panels of W + f32 GEMM (exact x, GEMM summation order; the
+// registered path before 2026-11-28 13:00 UTC, kept as a named alternative).
+// nf4_matmul_row_invariant(): true when nf4_matmul's rows do not depend on M (AVX2: the integer
+// kernels at every M).
 void nf4_matmul(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc);
+void nf4_matmul_act8(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc);
+void nf4_matmul_dequant(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
+                        bool acc);
+bool nf4_matmul_row_invariant();
 void nf4_matmul_ref(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K,
                     bool acc);
 // QLoRA backward of y = x·Wᵀ with respect to x (W frozen, no weight gradient):
@@ -177,6 +197,22 @@ bool nf4_quantize_act8(const float* x, int64_t K, int8_t* xq, int32_t* xc, float
 // readable 8 floats past its K/64 (vector tails; their values do not matter).
 void nf4_matvec_rows_act8_avx2(const Nf4View& v, const int8_t* xq, const int32_t* xc, const float* xs,
                                float* y, int64_t n0, int64_t n1, int64_t K, bool acc);
+// The quantised activation rows of nf4_matmul_act8, M of them, interleaved by tiles of 4 rows:
+// q (tile t, block b, row i of the tile: 64 int8 at ((t·nb + b)·4 + i)·64, nf4_quantize_act8's
+// order; rows past M in the last tile are not read), c (64·Σ q_x of that block) and s (its scale
+// s_b/64), both at (t·nb + b)·4 + i, and per row its output row y[m] (N floats).
+struct Nf4ActTiles {
+  const int8_t* q;
+  const int32_t* c;
+  const float* s;
+  float* const* y;
+  int64_t M;
+};
+// y of every row (+)= rows n0 .. n1 of W · x; n0 a multiple of 4; rows from n_single on
+// (N/4·4: the matvec's single rows) fold as the matvec's single rows, the others in groups of 4.
+// Bit-identical to nf4_matvec_rows_act8_avx2 on each row alone.
+void nf4_matmul_rows_act8_avx2(const Nf4View& v, const Nf4ActTiles& a, int64_t n0, int64_t n1,
+                               int64_t n_single, int64_t K, bool acc);
 // Benches only (bench_quant): route nf4_matvec, and so every NF4 decode, to another kernel
 // (the 16-bit integer or the exact f32 one) until set back to kInt8, to compare them in one
 // process. nf4_set_decode_f32(on) is nf4_set_decode(on ? kF32 : kInt8).

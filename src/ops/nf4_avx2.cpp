@@ -5,7 +5,9 @@
 // permuted once per call; each block's sum is scaled by its absmax once (decoded from the
 // double-quantised form by nf4_block_absmax, a chunk of blocks at a time). Matvec, 16-bit integer
 // (nf4_matvec_i16, the previous decode kernel): see "16-bit integer matvec" below. Matvec, 8-bit
-// integer (nf4_matvec, the decode hot path): see "8-bit integer matvec" at the end.
+// integer (nf4_matvec, the decode hot path): see "8-bit integer matvec". Matmul, 8-bit integer
+// (nf4_matmul_act8, M >= 2, each row bit-identical to the matvec): see "8-bit integer matmul" at
+// the end.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "ops/nf4.h"
+
 
 namespace qwen::ops::detail {
 
@@ -502,6 +505,151 @@ void nf4_matvec_rows_act8_avx2(const Nf4View& v, const int8_t* xq, const int32_t
     if (rows == 4) rows_act8<4>(tab, v.codes + n * nb * 32, xq, xc, sc, y + n, nb, acc);
     else rows_act8<1>(tab, v.codes + n * nb * 32, xq, xc, sc, y + n, nb, acc);
   });
+}
+
+// ---- 8-bit integer matmul: several activation rows (nf4_matmul_act8; see nf4.h) ----
+//
+// The arithmetic of rows_act8, reorganised so that each weight block is decoded once per call
+// (per panel of activation rows) and applied to every activation row: a group of 4 weight rows
+// (or one of the last N % 4 rows) has its codes looked up once into the table bytes t_c (wd:
+// per block, per row, 32 high-nibble then 32 low-nibble bytes) and its absmax decoded once
+// (nf4_block_absmax: the values row_scales computes); then tiles of RW weight rows × 4 activation
+// rows run the matvec's per-block steps unchanged: the same exact i32 lanes (vpmaddubsw, vpmaddwd
+// with ones, minus 64·Σ q_x in lane 0), the same f32 scale absmax·xs (one f32 multiply), one FMA
+// per block into one 8-lane accumulator per (weight row, activation row), blocks in order; and
+// the same final fold (hadd of the 4 rows of a group, hsum for a single row), then + y when
+// accumulating. So every output is bit-identical to nf4_matvec of its row. The activations come
+// interleaved by tiles of 4 rows (Nf4ActTiles), so that a tile's inner loop walks 4 pointers.
+// Tried and dropped (2026-11-28, one thread, this shared VM): llama.cpp's sign trick (signed
+// table, vpsignb, |t − 64|, one vpmaddwd per pair, per-lane corrections; exact, bit-identical,
+// but 1.2-1.5× slower) and the correction as a full 8-lane vector load (no gain).
+
+namespace {
+
+// Tile of RW weight rows (r0 .. r0 + RW of the group of G) × RA (≤ 4) activation rows of one
+// activation tile. wd: the group's table bytes at (b·G + r)·64; xt, ct: the tile's activations at
+// (b·4 + i)·64 and its corrections at b·4 + i; sc: scales at (b·G + r)·4 + i. Accumulators go to
+// acc[r·4 + i].
+template <int RW, int RA>
+inline void tile_act8(const uint8_t* wd, int G, int r0, const int8_t* xt, const int32_t* ct,
+                      const float* sc, int64_t nb, __m256* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 s[RW][RA];
+  for (int r = 0; r < RW; ++r)
+    for (int i = 0; i < RA; ++i) s[r][i] = _mm256_setzero_ps();
+  const uint8_t* w = wd + r0 * 64;
+  const float* scb = sc + r0 * 4;
+  for (int64_t b = 0; b < nb; ++b, w += G * 64, xt += 4 * 64, ct += 4, scb += G * 4) {
+    __m256i wh[RW], wl[RW];
+    for (int r = 0; r < RW; ++r) {
+      wh[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + r * 64));
+      wl[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + r * 64 + 32));
+    }
+    for (int i = 0; i < RA; ++i) {
+      const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + i * 64));
+      const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + i * 64 + 32));
+      const __m256i corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(ct[i]));
+      for (int r = 0; r < RW; ++r) {
+        const __m256i ph = _mm256_maddubs_epi16(wh[r], xh), pl = _mm256_maddubs_epi16(wl[r], xl);
+        const __m256i d = _mm256_sub_epi32(
+            _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)), corr);
+        s[r][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(scb + r * 4 + i), s[r][i]);
+      }
+    }
+  }
+  for (int r = 0; r < RW; ++r)
+    for (int i = 0; i < RA; ++i) acc[(r0 + r) * 4 + i] = s[r][i];
+}
+
+// Weight rows per tile (a divisor of 4): 2 × 4 activation rows = 8 accumulators (1 × 4 measured
+// the same within this shared machine's noise).
+constexpr int kTileW = 2;
+
+// All tiles of a group of G rows for RA activation rows.
+template <int RA>
+inline void group_tiles(const uint8_t* wd, int G, const int8_t* xt, const int32_t* ct, const float* sc,
+                        int64_t nb, __m256* acc) {
+  if (G == 4) {
+    for (int r0 = 0; r0 < 4; r0 += kTileW) tile_act8<kTileW, RA>(wd, G, r0, xt, ct, sc, nb, acc);
+  } else {
+    tile_act8<1, RA>(wd, G, 0, xt, ct, sc, nb, acc);
+  }
+}
+
+}  // namespace
+
+void nf4_matmul_rows_act8_avx2(const Nf4View& v, const Nf4ActTiles& a, int64_t n0, int64_t n1,
+                               int64_t n_single, int64_t K, bool acc) {
+  static const U8Table tt;
+  const __m256i tab = tt.t, m4 = _mm256_set1_epi8(0x0F);
+  const int64_t nb = K / kNf4Block, M = a.M;
+  // Activation rows per panel: their int8 rows (K bytes each) stay in L2 while every weight
+  // group of the thread's range passes over them.
+  const int64_t panel = std::max<int64_t>(4, (int64_t(96) << 10) / std::max<int64_t>(K, 1) / 4 * 4);
+  thread_local std::vector<uint8_t> wdv;
+  thread_local std::vector<float> amv, scv;
+  if (wdv.size() < size_t(4 * nb * 64 + 32)) wdv.resize(size_t(4 * nb * 64 + 32));
+  if (amv.size() < size_t(8 * nb)) amv.resize(size_t(8 * nb));
+  if (scv.size() < size_t(16 * nb)) scv.resize(size_t(16 * nb));
+  uint8_t* wd = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(wdv.data()) + 31) / 32 * 32);
+  float* am = amv.data();
+  float* amt = am + 4 * nb;
+  float* sc = scv.data();
+  alignas(32) __m256 accb[16];
+  for (int64_t p0 = 0; p0 < M; p0 += panel) {
+    const int64_t p1 = std::min(M, p0 + panel);
+    for (int64_t n = n0; n < n1;) {
+      const int G = (n < n_single && n + 4 <= n1) ? 4 : 1;
+      // Decode the group: table bytes of every block and row, and the rows' absmax.
+      const uint8_t* codes = v.codes + n * nb * 32;
+      const char* pf = reinterpret_cast<const char*>(codes) + G * nb * 32 + kPrefetchAct16;
+      for (int64_t b = 0; b < nb; ++b) {
+        if (p0 == 0) _mm_prefetch(pf + 128 * b, _MM_HINT_T0), _mm_prefetch(pf + 128 * b + 64, _MM_HINT_T0);
+        for (int r = 0; r < G; ++r) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (r * nb + b) * 32));
+          __m256i* o = reinterpret_cast<__m256i*>(wd + (b * G + r) * 64);
+          _mm256_store_si256(o, _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4)));
+          _mm256_store_si256(o + 1, _mm256_shuffle_epi8(tab, _mm256_and_si256(w, m4)));
+        }
+      }
+      nf4_block_absmax(v, n * nb, G * nb, am);
+      for (int r = 0; r < G; ++r)  // amt[b·G + r]: the absmax by block, then row
+        for (int64_t b = 0; b < nb; ++b) amt[b * G + r] = am[r * nb + b];
+      for (int64_t i0 = p0; i0 < p1; i0 += 4) {
+        const int ra = int(std::min<int64_t>(4, p1 - i0));
+        // sc[(b·G + r)·4 + i] = absmax · xs, one f32 multiply as in row_scales (lanes i >= ra
+        // of the last tile are not read)
+        const float* xs4 = a.s + (i0 / 4) * nb * 4;
+        for (int64_t b = 0; b < nb; ++b) {
+          const __m128 x4 = _mm_loadu_ps(xs4 + b * 4);
+          for (int r = 0; r < G; ++r)
+            _mm_storeu_ps(sc + (b * G + r) * 4, _mm_mul_ps(_mm_set1_ps(amt[b * G + r]), x4));
+        }
+        const int8_t* xt = a.q + (i0 / 4) * nb * 256;
+        const int32_t* ct = a.c + (i0 / 4) * nb * 4;
+        switch (ra) {
+          case 4: group_tiles<4>(wd, G, xt, ct, sc, nb, accb); break;
+          case 3: group_tiles<3>(wd, G, xt, ct, sc, nb, accb); break;
+          case 2: group_tiles<2>(wd, G, xt, ct, sc, nb, accb); break;
+          default: group_tiles<1>(wd, G, xt, ct, sc, nb, accb); break;
+        }
+        for (int i = 0; i < ra; ++i) {
+          float* y = a.y[i0 + i] + n;
+          if (G == 4) {  // as rows_act8<4>
+            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(accb[0 * 4 + i], accb[1 * 4 + i]),
+                                            _mm256_hadd_ps(accb[2 * 4 + i], accb[3 * 4 + i]));
+            __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
+            _mm_storeu_ps(y, t);
+          } else {  // as rows_act8<1>
+            const float t = hsum(accb[i]);
+            y[0] = acc ? y[0] + t : t;
+          }
+        }
+      }
+      n += G;
+    }
+  }
 }
 
 }  // namespace qwen::ops::detail

@@ -9,6 +9,7 @@
 
 #include "ops/matmul.h"
 #include "ops/q8_0.h"
+#include "ops/nf4.h"
 
 namespace qwen::serve {
 
@@ -209,10 +210,12 @@ Engine::Engine(const Model& m, const Tokenizer* tok, const EngineConfig& cfg)
 // decides whether lone steps need the companion row: not when every product of the forward is
 // M-invariant (a row's result does not depend on how many rows share the product): on a packed
 // float weight (a packed 1-row product sums exactly as a batched one) or on a Q8_0 weight with
-// the multi-row integer kernel (each row sums as the 1-row matvec, ops/q8_0.h).
+// the multi-row integer kernel (each row sums as the 1-row matvec, ops/q8_0.h), or on an NF4
+// weight with its multi-row 8-bit kernel (the same property, ops/nf4.h).
 void Engine::prepack() {
   bool all_invariant = !m_.config().use_mhc;
   const bool q8_invariant = ops::q8_0_matmul_row_invariant();
+  const bool nf4_invariant = ops::nf4_matmul_row_invariant();
   auto file = [&](const Linear& l) {
     const bool packable = cfg_.prepack_weights && !dtype_is_quantized(l.dtype);
     if (packable && std::find(packed_.begin(), packed_.end(), l.w) == packed_.end()) {
@@ -221,7 +224,9 @@ void Engine::prepack() {
       packed_bytes_ += ops::packed_weight_bytes(
           *ops::find_prepacked_weight(l.w, l.dtype, l.n_out, l.n_in));
     }
-    if (!(packable || (l.dtype == DType::Q8_0 && q8_invariant)) || l.lora) all_invariant = false;
+    const bool quant_invariant = (l.dtype == DType::Q8_0 && q8_invariant) ||
+                                 (l.dtype == DType::NF4 && nf4_invariant);
+    if (!(packable || quant_invariant) || l.lora) all_invariant = false;
   };
   try {
     for (const LayerWeights& L : m_.layers())

@@ -129,7 +129,10 @@ const float* lora_input(const Lin& l, const float* x, int64_t n, LinScratch& s) 
 }
 
 void linear_fwd(const Lin& l, const float* x, float* y, int64_t n, LinScratch& s) {
-  ops::matmul(x, l.wq, l.dt, y, n, l.out, l.in);  // y (n, out) = x (n, in) · Wᵀ
+  // y (n, out) = x (n, in) · Wᵀ; a frozen NF4 (QLoRA) base takes the inference kernel too
+  // (8-bit activations per 64-block, docs/quantization.md "NF4 multi-row kernel": the adapter
+  // trains against the forward it is served with).
+  ops::matmul(x, l.wq, l.dt, y, n, l.out, l.in);
   if (l.b)
     for (int64_t r = 0; r < n; ++r) ops::add_inplace(y + r * l.out, l.b, l.out);
   if (l.A) {  // y += s · (drop(x)·Aᵀ)·Bᵀ
