@@ -7,12 +7,14 @@
 //     sgemm (F32), interleaved rep by rep, medians, and % of the measured FMA peak;
 //   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS;
 //   --only small: small-M products (M = 1..48, batched serving) on the demo model's shapes
-//     (C = 256, F = 704, V = 4096), raw and pre-packed weights, per shape and per model pass.
+//     (C = 256, F = 704, V = 4096), raw and pre-packed weights, per shape and per model pass;
+//   --only small-big: M = 16 / 32 / 48 on the 124.7M shapes, pre-packed F32 against OpenBLAS,
+//     per shape and per pass over the whole model.
 // Fairness: OpenBLAS's worker threads spin (sched_yield loop) for ~2^28 cycles after each call and
 // GOMP's spin briefly after each parallel region; either steals a core from whatever runs next.
 // So every OpenBLAS timing is followed by a 150 ms pause and every one of ours by 20 ms, and the
 // machine limits are measured after a pause, before any OpenBLAS call.
-// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm|train|train-small|train-medium|batch|small]
+// Usage: bench_matmul [--json] [--reps N] [--isa avx512|avx2|scalar] [--only matvec|matmul|gemm|train|train-small|train-medium|batch|small|small-big]
 //                     [--threads N]
 #include <cblas.h>
 
@@ -99,7 +101,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--json] [--reps N] [--isa avx512|avx2|scalar] "
-                   "[--only matvec|matmul|gemm|train|train-small|train-medium|batch|small] [--threads N]\n",
+                   "[--only matvec|matmul|gemm|train|train-small|train-medium|batch|small|small-big] [--threads N]\n",
                    argv[0]);
       return 2;
     }
@@ -609,6 +611,110 @@ int main(int argc, char** argv) {
       }
     }
     out["small_pass"] = passes;
+  }
+
+  if (only == "small-big") {
+    // Small-M products on the 124.7M model's shapes (issue 7's batched decode steps: M = 16 decode
+    // rows, 32 / 48 with a prefill chunk): ours on the pre-packed F32 weight against OpenBLAS
+    // sgemm on the same (N, K) weight, interleaved rep by rep, GFLOP/s medians; per shape with
+    // one weight (cache-resident but for the LM head), then one pass over every linear of the
+    // model (12 layers + LM head, 400 MB: read from DRAM, as a decode step reads them).
+    if (!json)
+      std::printf("\nsmall M on the 124.7M model's shapes, F32: GFLOP/s, medians of %d "
+                  "(pk = ours, pre-packed weight)\n%-9s %4s %5s %5s %9s %9s %7s\n",
+                  reps, "shape", "M", "N", "K", "pk F32", "BLAS F32", "pk/BLAS");
+    nlohmann::json rows = nlohmann::json::array();
+    const std::vector<float> X = randn(size_t(48 * 2048), 13);
+    std::vector<float> Y(size_t(48 * 32000));
+    auto time_calls = [&](auto&& fn, double flops) {
+      const int inner = int(std::max(2.0, 10e-3 * 100e9 / flops));
+      const double t0 = now_s();
+      for (int i = 0; i < inner; ++i) fn();
+      return flops * inner / (now_s() - t0) * 1e-9;
+    };
+    for (const Shape& s : kShapes) {
+      const std::vector<float> Wf = randn(size_t(s.N * s.K), 14);
+      const auto P = qwen::ops::pack_weight(Wf.data(), DType::F32, s.N, s.K, isa);
+      for (int64_t M : {16, 32, 48}) {
+        const double flops = 2.0 * M * s.N * s.K;
+        auto ours = [&] { qwen::ops::matmul_packed(X.data(), *P, Y.data(), M); };
+        auto blas = [&] {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(s.N), int(s.K), 1.0f,
+                      X.data(), int(s.K), Wf.data(), int(s.K), 0.0f, Y.data(), int(s.N));
+        };
+        time_calls(ours, flops);
+        time_calls(blas, flops);
+        settle(150);
+        std::vector<double> a, b;
+        for (int r = 0; r < reps; ++r) {
+          a.push_back(time_calls(ours, flops));
+          settle(20);
+          b.push_back(time_calls(blas, flops));
+          settle(150);
+        }
+        const double ga = median(a), gb = median(b);
+        rows.push_back({{"shape", s.what}, {"M", M}, {"N", s.N}, {"K", s.K},
+                        {"packed_f32_gflops", ga}, {"openblas_f32_gflops", gb}});
+        if (!json)
+          std::printf("%-9s %4lld %5lld %5lld %9.1f %9.1f %6.2fx\n", s.what, (long long)M,
+                      (long long)s.N, (long long)s.K, ga, gb, ga / gb);
+      }
+    }
+    out["small_big"] = rows;
+    // Whole-model pass: every weight once, DRAM-resident in total.
+    struct Lin {
+      int64_t N, K;
+    };
+    std::vector<Lin> lins;
+    for (int l = 0; l < 12; ++l)
+      for (Lin x : {Lin{768, 768}, Lin{256, 768}, Lin{256, 768}, Lin{768, 768}, Lin{2048, 768},
+                    Lin{2048, 768}, Lin{768, 2048}})
+        lins.push_back(x);
+    lins.push_back({32000, 768});
+    std::vector<std::vector<float>> wf;
+    std::vector<std::shared_ptr<const qwen::ops::PackedWeight>> pws;
+    double macs = 0;
+    for (size_t i = 0; i < lins.size(); ++i) {
+      wf.push_back(randn(size_t(lins[i].N * lins[i].K), uint32_t(30 + i)));
+      pws.push_back(qwen::ops::pack_weight(wf.back().data(), DType::F32, lins[i].N, lins[i].K, isa));
+      macs += double(lins[i].N * lins[i].K);
+    }
+    if (!json)
+      std::printf("\none pass over all linears of the 124.7M model (85 products, F32), ms per pass "
+                  "(GFLOP/s), medians of %d\n%4s %16s %16s\n", reps, "M", "pk F32", "BLAS F32");
+    nlohmann::json passes = nlohmann::json::array();
+    for (int64_t M : {1, 16, 32, 48}) {
+      auto ours = [&] {
+        for (size_t i = 0; i < lins.size(); ++i)
+          qwen::ops::matmul_packed(X.data(), *pws[i], Y.data(), M);
+      };
+      auto blas = [&] {
+        for (size_t i = 0; i < lins.size(); ++i)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(lins[i].N),
+                      int(lins[i].K), 1.0f, X.data(), int(lins[i].K), wf[i].data(),
+                      int(lins[i].K), 0.0f, Y.data(), int(lins[i].N));
+      };
+      ours();
+      blas();
+      settle(150);
+      std::vector<double> a, b;
+      for (int r = 0; r < reps; ++r) {
+        double t0 = now_s();
+        ours();
+        a.push_back(now_s() - t0);
+        settle(20);
+        t0 = now_s();
+        blas();
+        b.push_back(now_s() - t0);
+        settle(150);
+      }
+      const double ta = median(a), tb = median(b), flops = 2.0 * macs * double(M);
+      passes.push_back({{"M", M}, {"packed_ms", ta * 1e3}, {"openblas_ms", tb * 1e3}});
+      if (!json)
+        std::printf("%4lld %8.2f (%5.1f) %8.2f (%5.1f)\n", (long long)M, ta * 1e3,
+                    flops / ta * 1e-9, tb * 1e3, flops / tb * 1e-9);
+    }
+    out["small_big_pass"] = passes;
   }
 
   if (json) std::printf("%s\n", out.dump().c_str());

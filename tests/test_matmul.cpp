@@ -308,8 +308,9 @@ TEST(MatmulPacked, RowsAreBitIdenticalAcrossBatchSizes) {
           path.matmul_packed(X.data(), W.bytes.data(), wt, big.data(), Mmax, N, K, acc);
           path.matmul(X.data(), W.bytes.data(), wt, raw.data(), Mmax, N, K, acc);
           ASSERT_EQ(big, raw) << ctx << ": packed and unpacked GEMM rows differ";
-          // Batches of 1..17 rows taken from the middle of X must reproduce the big batch's rows.
-          for (int64_t M : {1, 2, 3, 5, 16, 17}) {
+          // Batches of 1..48 rows taken from the middle of X must reproduce the big batch's rows
+          // (13..48 rows: 3..8 row tiles, the k-chunked multi-tile loop of matmul_driver.h).
+          for (int64_t M : {1, 2, 3, 5, 13, 16, 17, 29, 48}) {
             const int64_t m0 = 101;
             std::vector<float> y(Y0.begin() + m0 * N, Y0.begin() + (m0 + M) * N);
             path.matmul_packed(X.data() + m0 * K, W.bytes.data(), wt, y.data(), M, N, K, acc);

@@ -249,6 +249,66 @@ TEST(PagedAttention, RowInvariantAcrossChunksAndThreads) {
   omp_set_num_threads(saved);
 }
 
+// A layer's calls of several sequences in one region (paged_store_and_attend_batch_with, what a
+// decode step runs): each output is the same bits as the call alone (store + paged_attention),
+// and the new rows land where paged_kv_store puts them, for each kernel table, 1 and 2 threads,
+// a T = 0 call in the middle and sequences of different lengths (decode rows and prefill chunks).
+TEST(PagedAttention, BatchOfSequencesMatchesOneCallAtATime) {
+  const int saved = omp_get_max_threads();
+  const int64_t H = 6, KV = 2, D = 20, bs = 5, kvd = KV * D, bfl = kvd * bs;
+  const std::vector<std::pair<int64_t, int64_t>> seqs = {  // (pos0, T)
+      {0, 1}, {37, 1}, {3, 9}, {64, 1}, {10, 0}, {0, 23}, {130, 1}, {19, 33}, {7, 2}};
+  for (const auto& [name, kern] : tables())
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(testing::Message() << name << ", " << threads << " threads");
+      omp_set_num_threads(threads);
+      std::vector<Paged> alone, batched;
+      std::vector<PagedKv> kv_alone(seqs.size()), kv_batched(seqs.size());
+      std::vector<std::vector<float>> q(seqs.size()), out_alone(seqs.size()), out_batched(seqs.size());
+      std::vector<qwen::ops::PagedCall> calls(seqs.size());
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        const Case c{H, KV, D, bs, seqs[i].first, seqs[i].second};
+        alone.push_back(make_paged(c, uint32_t(100 + i), &kv_alone[i]));
+        batched.push_back(make_paged(c, uint32_t(100 + i), &kv_batched[i]));
+        // The batched pool does not hold the new rows yet: the call must store them.
+        Paged& b = batched.back();
+        for (int64_t pos = c.pos0; pos < c.pos0 + c.T; ++pos) {
+          const int64_t blk = b.table[sz(pos / bs)], off = pos % bs;
+          for (int64_t g = 0; g < KV; ++g)
+            for (int64_t d = 0; d < D; ++d) {  // the layout of ops/paged_attention.h
+              b.kpool[sz(blk * bfl + (g * D + d) * bs + off)] = std::numeric_limits<float>::quiet_NaN();
+              b.vpool[sz(blk * bfl + (g * bs + off) * D + d)] = std::numeric_limits<float>::quiet_NaN();
+            }
+        }
+        q[i] = c.T > 0 ? random_q(c, uint32_t(200 + i)) : std::vector<float>(1);
+        out_alone[i].assign(sz(std::max<int64_t>(1, c.T) * H * D), 0.f);
+        out_batched[i] = out_alone[i];
+        const AttnShape s{c.T, c.pos0, H, KV, D, 1.0f / std::sqrt(float(D))};
+        const Paged& a = alone.back();
+        qwen::ops::paged_kv_store(kv_alone[i], a.k.data() + c.pos0 * kvd,
+                                  a.v.data() + c.pos0 * kvd, s);
+        qwen::ops::detail::paged_attention_with(*kern, q[i].data(), kv_alone[i],
+                                                out_alone[i].data(), s);
+        calls[i].kv = kv_batched[i];
+        calls[i].k = b.k.data() + c.pos0 * kvd;
+        calls[i].v = b.v.data() + c.pos0 * kvd;
+        calls[i].q = q[i].data();
+        calls[i].out = out_batched[i].data();
+        calls[i].s = s;
+      }
+      qwen::ops::detail::paged_store_and_attend_batch_with(*kern, calls.data(), calls.size());
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        ASSERT_EQ(0, std::memcmp(out_alone[i].data(), out_batched[i].data(), out_alone[i].size() * 4))
+            << "sequence " << i;
+        ASSERT_EQ(0, std::memcmp(alone[i].kpool.data(), batched[i].kpool.data(), alone[i].kpool.size() * 4))
+            << "K pool of sequence " << i;
+        ASSERT_EQ(0, std::memcmp(alone[i].vpool.data(), batched[i].vpool.data(), alone[i].vpool.size() * 4))
+            << "V pool of sequence " << i;
+      }
+    }
+  omp_set_num_threads(saved);
+}
+
 TEST(PagedAttention, StoreWritesTheRightSlots) {
   const Case c{4, 2, 6, 3, 0, 10};
   PagedKv kv;

@@ -45,6 +45,7 @@ Decoder::Decoder(const Model& m, int64_t max_tokens) : m_(m), max_tokens_(max_to
   g_.resize(T * size_t(c.intermediate_size));
   u_.resize(T * size_t(c.intermediate_size));
   pos_.resize(T);
+  attend_.resize(T);  // a call has at most one chunk per token
   int64_t max_r = 0;
   for (const LayerWeights& L : m.layers())
     for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
@@ -194,20 +195,27 @@ void Decoder::forward(KvStore& cache, const SeqChunk* chunks, size_t n_chunks, L
     }
     ops::rope_apply(q_.data(), M, H, D, pos_.data(), cos_.data(), sin_.data());
     ops::rope_apply(k_.data(), M, KV, D, pos_.data(), cos_.data(), sin_.data());
+    // Every chunk's attention of this layer in one call: a store may run them in one parallel
+    // region (one fork/join per layer rather than one per sequence).
+    if (attend_.size() < n_chunks) attend_.resize(n_chunks);
     int64_t r0 = 0;
     for (size_t i = 0; i < n_chunks; ++i) {
       const SeqChunk& ch = chunks[i];
-      ops::AttnShape s;
-      s.T = ch.n_tokens;
-      s.pos0 = cache.len(ch.seq);
-      s.H = H;
-      s.KV = KV;
-      s.D = D;
-      s.scale = 1.0f / std::sqrt(float(D));
-      cache.append_and_attend(int64_t(l), ch.seq, k_.data() + r0 * kvd, v_.data() + r0 * kvd,
-                              q_.data() + r0 * qd, att_.data() + r0 * qd, s);
+      KvAttendCall& a = attend_[i];
+      a.seq = ch.seq;
+      a.s.T = ch.n_tokens;
+      a.s.pos0 = cache.len(ch.seq);
+      a.s.H = H;
+      a.s.KV = KV;
+      a.s.D = D;
+      a.s.scale = 1.0f / std::sqrt(float(D));
+      a.k = k_.data() + r0 * kvd;
+      a.v = v_.data() + r0 * kvd;
+      a.q = q_.data() + r0 * qd;
+      a.out = att_.data() + r0 * qd;
       r0 += ch.n_tokens;
     }
+    cache.append_and_attend_batch(int64_t(l), attend_.data(), n_chunks);
     linear(L.o, att_.data(), h, M);  // (M, C)
     site_out();
     // MLP block.

@@ -16,6 +16,16 @@ namespace qwen {
 
 // Where the decoder keeps keys and values. The contiguous KvCache below serves generation and
 // evaluation; the server's paged cache (block tables) implements the same interface.
+// One sequence's append_and_attend of a layer, for KvStore::append_and_attend_batch.
+struct KvAttendCall {
+  int64_t seq = 0;
+  const float* k = nullptr;  // (s.T, KV·D)
+  const float* v = nullptr;
+  const float* q = nullptr;  // (s.T, H, D)
+  float* out = nullptr;      // (s.T, H, D)
+  ops::AttnShape s;
+};
+
 class KvStore {
  public:
   virtual ~KvStore() = default;
@@ -27,6 +37,14 @@ class KvStore {
   // then causal attention of q (s.T, H, D) over positions 0 .. s.pos0+s.T-1 into out (s.T, H, D).
   virtual void append_and_attend(int64_t layer, int64_t seq, const float* k, const float* v,
                                  const float* q, float* out, const ops::AttnShape& s) = 0;
+  // append_and_attend for every call of one layer (distinct sequences). The default runs them
+  // one by one; a store may run them together (PagedKvCache: one parallel region for all).
+  // Results are identical either way.
+  virtual void append_and_attend_batch(int64_t layer, const KvAttendCall* calls, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      append_and_attend(layer, calls[i].seq, calls[i].k, calls[i].v, calls[i].q, calls[i].out,
+                        calls[i].s);
+  }
 };
 
 // Contiguous per-sequence KV cache: (L, n_seq, max_len, KV·D) for K and for V, f32.
@@ -89,6 +107,7 @@ class Decoder {
   int64_t max_tokens_;
   std::vector<float> x_, h_, q_, k_, v_, att_, g_, u_;
   std::vector<int32_t> pos_;
+  std::vector<KvAttendCall> attend_;  // one per chunk, grown on demand (kept between calls)
   std::vector<float> cos_, sin_;
   std::vector<float> lora_t_;  // (max_tokens, max LoRA rank) x·Aᵀ of an adapter
   std::vector<float> streams_;  // mHC: (max_tokens, n, C) residual streams

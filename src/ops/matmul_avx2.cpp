@@ -251,28 +251,57 @@ struct Traits {
     }
   }
 
-  // A (MR, kc) is row-major with row stride KC (AK = false) or k-major with stride MR_MAX
-  // (AK = true, the transposed-A packing); B panel (kc, 16) k-major.
-  // If PF, the line pf.p + k·pf.step is prefetched into L2 at steps k < pf.n.
-  template <int MR, bool AK, bool PF>
-  static void kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
-                     float* __restrict C, int64_t ldc, int nv, float alpha, float beta,
-                     bool first, const Prefetch& pf) {
+  // Split micro-kernel for several row tiles sharing one B panel (matmul_driver.h, "k-chunked
+  // tiles"): steps k in [k_lo, k_hi) of one row tile, accumulators carried in acc (2·MR vectors,
+  // row r at acc[2r], acc[2r + 1]) between calls, zeroed first when zero. Each output is the same
+  // FMA chain, k by k from zero, as in kernel<MR> (a spilled accumulator is stored and reloaded
+  // exactly), so the results are bit-identical.
+  template <int MR>
+  static void kernel_part(int64_t k_lo, int64_t k_hi, const float* __restrict pa,
+                          const float* __restrict pb, float* __restrict acc, bool zero) {
     __m256 c0[MR], c1[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      c0[r] = zero ? _mm256_setzero_ps() : _mm256_load_ps(acc + 16 * r);
+      c1[r] = zero ? _mm256_setzero_ps() : _mm256_load_ps(acc + 16 * r + 8);
+    }
 #pragma GCC unroll 4
-    for (int64_t k = 0; k < kc; ++k) {
-      if constexpr (PF)
-        if (k < pf.n) _mm_prefetch(pf.p + k * pf.step, _MM_HINT_T1);
+    for (int64_t k = k_lo; k < k_hi; ++k) {
       const __m256 b0 = _mm256_load_ps(pb + k * NR), b1 = _mm256_load_ps(pb + k * NR + 8);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_broadcast_ss(AK ? pa + k * MR_MAX + r : pa + r * KC + k);
+        const __m256 a = _mm256_broadcast_ss(pa + r * KC + k);
         c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
         c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
       }
     }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      _mm256_store_ps(acc + 16 * r, c0[r]);
+      _mm256_store_ps(acc + 16 * r + 8, c1[r]);
+    }
+  }
+
+  // The epilogue of kernel<MR> on accumulators left in acc by kernel_part<MR>.
+  template <int MR>
+  static void store_part(const float* __restrict acc, float* __restrict C, int64_t ldc, int nv,
+                         float alpha, float beta, bool first) {
+    __m256 c0[MR], c1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      c0[r] = _mm256_load_ps(acc + 16 * r);
+      c1[r] = _mm256_load_ps(acc + 16 * r + 8);
+    }
+    store_tile<MR>(c0, c1, C, ldc, nv, alpha, beta, first);
+  }
+
+  // C tile (MR, nv) = alpha·acc + beta·C on the first k block (C not read when beta == 0),
+  // C += alpha·acc on later ones.
+  template <int MR>
+  static inline __attribute__((always_inline)) void store_tile(const __m256* c0, const __m256* c1,
+                                                               float* __restrict C, int64_t ldc,
+                                                               int nv, float alpha, float beta,
+                                                               bool first) {
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     const bool load_c = !(first && beta == 0.0f), scale_c = first && beta != 1.0f;
     if (nv == NR) {  // full tile: plain loads and stores (vmaskmov is slow on some CPUs)
@@ -305,6 +334,31 @@ struct Traits {
       _mm256_maskstore_ps(cr, m0, o0);
       _mm256_maskstore_ps(cr + 8, m1, o1);
     }
+  }
+
+  // A (MR, kc) is row-major with row stride KC (AK = false) or k-major with stride MR_MAX
+  // (AK = true, the transposed-A packing); B panel (kc, 16) k-major.
+  // If PF, the line pf.p + k·pf.step is prefetched into L2 at steps k < pf.n.
+  template <int MR, bool AK, bool PF>
+  static void kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
+                     float* __restrict C, int64_t ldc, int nv, float alpha, float beta,
+                     bool first, const Prefetch& pf) {
+    __m256 c0[MR], c1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k) {
+      if constexpr (PF)
+        if (k < pf.n) _mm_prefetch(pf.p + k * pf.step, _MM_HINT_T1);
+      const __m256 b0 = _mm256_load_ps(pb + k * NR), b1 = _mm256_load_ps(pb + k * NR + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_broadcast_ss(AK ? pa + k * MR_MAX + r : pa + r * KC + k);
+        c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+        c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+      }
+    }
+    store_tile<MR>(c0, c1, C, ldc, nv, alpha, beta, first);
   }
 };
 

@@ -6,6 +6,8 @@
 // G = H/KV query heads that read kv head g (row r = token r / G, head g·G + r % G), so every
 // K/V block is loaded once for the whole group. Per thread the memory is the block's Q (M, D),
 // its accumulator (M, D) and one score tile (M, tile): independent of the sequence length.
+// paged_store_and_attend_batch runs the items of several sequences (a decode step's layer) in
+// one parallel region; every item is the same run_item, so results do not depend on the batch.
 #include "ops/paged_attention.h"
 
 #include <omp.h>
@@ -88,81 +90,146 @@ const PagedKernels& paged_kernels_portable() {
   return k;
 }
 
-void paged_attention_with(const PagedKernels& kern, const float* q, const PagedKv& kv, float* out,
-                          const AttnShape& s) {
-  check(kv, s, "paged_attention");
-  if (s.T == 0) return;
+namespace {
+
+// Per-thread scratch, kept between calls (a decode step attends once per layer): grows to the
+// largest item, never shrinks.
+struct ItemScratch {
+  std::vector<float> Qs, S, acc, m, l;
+  std::vector<int32_t> n_valid;
+};
+ItemScratch& item_scratch() {
+  static thread_local ItemScratch sc;
+  return sc;
+}
+
+// The split of one call into work items (kv head g, tile of Bq query tokens).
+struct ItemPlan {
+  int64_t G, Bq, n_qt, n_items;
+};
+ItemPlan item_plan(const AttnShape& s) {
+  ItemPlan p;
+  p.G = s.H / s.KV;
+  p.Bq = std::max<int64_t>(1, kRowsTarget / p.G);
+  p.n_qt = (s.T + p.Bq - 1) / p.Bq;
+  p.n_items = s.KV * p.n_qt;
+  return p;
+}
+
+// Work item it (0 .. n_items) of one call: the same arithmetic whichever thread runs it and
+// whichever other calls share the parallel region.
+void run_item(const PagedKernels& kern, const float* q, const PagedKv& kv, float* out,
+              const AttnShape& s, const ItemPlan& pl, int64_t it) {
   const int64_t T = s.T, H = s.H, KV = s.KV, D = s.D, pos0 = s.pos0, bs = kv.block_size;
-  const int64_t G = H / KV;
-  const int64_t Bq = std::max<int64_t>(1, kRowsTarget / G);
-  const int64_t Mmax = std::min(Bq, T) * G;
-  const int64_t n_qt = (T + Bq - 1) / Bq;
+  const int64_t G = pl.G, Bq = pl.Bq, n_qt = pl.n_qt;
   const int64_t nb = blocks_per_tile(bs);        // blocks per tile
   const int64_t tile = nb * bs;                  // keys per tile
   const int64_t lds = (tile + 15) / 16 * 16;     // score row stride (whole 16-float vectors)
   const int64_t block_floats = KV * D * bs;
   const float qscale = s.scale * kLog2e;
-  const int64_t n_items = KV * n_qt;
-  const int64_t work = T * H * D * (pos0 + T);
-  const bool parallel = n_items > 1 && work >= kParallelWork && omp_get_max_threads() > 1;
+  const auto sz = [](int64_t n) { return static_cast<size_t>(n); };
+  ItemScratch& sc = item_scratch();
+  const int64_t Mmax = std::min(Bq, T) * G;
+  auto grow = [&](auto& v, int64_t n) {
+    if (v.size() < sz(n)) v.resize(sz(n));
+  };
+  grow(sc.Qs, Mmax * D);
+  grow(sc.S, Mmax * lds);
+  grow(sc.acc, Mmax * D);
+  grow(sc.m, Mmax);
+  grow(sc.l, Mmax);
+  grow(sc.n_valid, Mmax);
+  std::vector<float>&Qs = sc.Qs, &S = sc.S, &acc = sc.acc, &m = sc.m, &l = sc.l;
+  std::vector<int32_t>& n_valid = sc.n_valid;
 
+  const int64_t qt = n_qt - 1 - it / KV;  // latest query tiles (most keys) first
+  const int64_t g = it % KV;
+  const int64_t t0 = qt * Bq, t1 = std::min(T, t0 + Bq);
+  const int64_t M = (t1 - t0) * G;
+  const int64_t p_lo = pos0 + t0, p_hi = pos0 + t1 - 1;
+  std::fill(acc.begin(), acc.begin() + M * D, 0.0f);
+  std::fill(m.begin(), m.begin() + M, -std::numeric_limits<float>::infinity());
+  std::fill(l.begin(), l.begin() + M, 0.0f);
+  for (int64_t r = 0; r < M; ++r) {
+    const float* src = q + ((t0 + r / G) * H + g * G + r % G) * D;
+    float* dst = Qs.data() + r * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
+  }
+  const int64_t n_tiles = p_hi / tile + 1;
+  for (int64_t ti = 0; ti < n_tiles; ++ti) {
+    const int64_t k0 = ti * tile;
+    const int64_t nk = std::min(tile, p_hi + 1 - k0);  // keys past p_hi are masked for all
+    for (int64_t bi = 0; bi * bs < nk; ++bi) {
+      const int64_t blk = kv.table[k0 / bs + bi];
+      const float* Kt = kv.k + blk * block_floats + g * D * bs;
+      kern.scores(Qs.data(), M, D, Kt, bs, std::min(bs, nk - bi * bs), S.data() + bi * bs, lds);
+    }
+    for (int64_t r = 0; r < M; ++r)
+      n_valid[sz(r)] = int32_t(std::clamp<int64_t>(p_lo + r / G - k0 + 1, 0, nk));
+    kern.softmax(S.data(), lds, M, n_valid.data(), m.data(), l.data(), acc.data(), D);
+    for (int64_t bi = 0; bi * bs < nk; ++bi) {
+      const int64_t blk = kv.table[k0 / bs + bi];
+      const float* Vb = kv.v + blk * block_floats + g * bs * D;
+      kern.pv(S.data() + bi * bs, lds, M, std::min(bs, nk - bi * bs), Vb, D, acc.data());
+    }
+  }
+  for (int64_t r = 0; r < M; ++r) {
+    const int64_t t = t0 + r / G, h = g * G + r % G;
+    const float inv = 1.0f / l[sz(r)];
+    float* o = out + (t * H + h) * D;
+    for (int64_t d = 0; d < D; ++d) o[d] = acc[sz(r * D + d)] * inv;
+  }
+}
+
+const PagedKernels& best_kernels() {
+  const CpuFeatures& cpu = cpu_features();
+  return cpu.avx512 ? paged_kernels_avx512() : cpu.avx2 ? paged_kernels_avx2()
+                                                        : paged_kernels_portable();
+}
+
+}  // namespace
+
+void paged_attention_with(const PagedKernels& kern, const float* q, const PagedKv& kv, float* out,
+                          const AttnShape& s) {
+  check(kv, s, "paged_attention");
+  if (s.T == 0) return;
+  const ItemPlan pl = item_plan(s);
+  const int64_t work = s.T * s.H * s.D * (s.pos0 + s.T);
+  const bool parallel = pl.n_items > 1 && work >= kParallelWork && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int64_t it = 0; it < pl.n_items; ++it) run_item(kern, q, kv, out, s, pl, it);
+}
+
+void paged_store_and_attend_batch_with(const PagedKernels& kern, const PagedCall* calls,
+                                       size_t n_calls) {
+  // Stores first (each call writes only its own sequence's positions), then every item of every
+  // call in one region, calls in order, items of a call in paged_attention_with's order.
+  int64_t n_items = 0, work = 0;
+  for (size_t i = 0; i < n_calls; ++i) {
+    const PagedCall& c = calls[i];
+    check(c.kv, c.s, "paged_store_and_attend_batch");
+    if (c.s.T == 0) continue;
+    paged_kv_store(c.kv, c.k, c.v, c.s);
+    n_items += item_plan(c.s).n_items;
+    work += c.s.T * c.s.H * c.s.D * (c.s.pos0 + c.s.T);
+  }
+  if (n_items == 0) return;
+  const bool parallel = n_items > 1 && work >= kParallelWork && omp_get_max_threads() > 1;
 #pragma omp parallel if (parallel)
   {
-    const auto sz = [](int64_t n) { return static_cast<size_t>(n); };
-    // Per-thread scratch, kept between calls (a decode step makes one call per sequence and
-    // layer): grows to the largest call, never shrinks.
-    static thread_local std::vector<float> Qs, S, acc, m, l;
-    static thread_local std::vector<int32_t> n_valid;
-    auto grow = [&](auto& v, int64_t n) {
-      if (v.size() < sz(n)) v.resize(sz(n));
-    };
-    grow(Qs, Mmax * D);
-    grow(S, Mmax * lds);
-    grow(acc, Mmax * D);
-    grow(m, Mmax);
-    grow(l, Mmax);
-    grow(n_valid, Mmax);
-
+    // Items are handed out in order (dynamic, one at a time): call i, item j at i's offset + j.
+    size_t ci = 0;
+    int64_t base = 0;
+    ItemPlan pl = n_calls ? item_plan(calls[0].s) : ItemPlan{};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < n_items; ++it) {
-      const int64_t qt = n_qt - 1 - it / KV;  // latest query tiles (most keys) first
-      const int64_t g = it % KV;
-      const int64_t t0 = qt * Bq, t1 = std::min(T, t0 + Bq);
-      const int64_t M = (t1 - t0) * G;
-      const int64_t p_lo = pos0 + t0, p_hi = pos0 + t1 - 1;
-      std::fill(acc.begin(), acc.begin() + M * D, 0.0f);
-      std::fill(m.begin(), m.begin() + M, -std::numeric_limits<float>::infinity());
-      std::fill(l.begin(), l.begin() + M, 0.0f);
-      for (int64_t r = 0; r < M; ++r) {
-        const float* src = q + ((t0 + r / G) * H + g * G + r % G) * D;
-        float* dst = Qs.data() + r * D;
-        for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
+      // Each thread walks forward through the calls (its items come in increasing order).
+      while (it >= base + pl.n_items) {  // a call with T = 0 has no items
+        base += pl.n_items;
+        pl = item_plan(calls[++ci].s);
       }
-      const int64_t n_tiles = p_hi / tile + 1;
-      for (int64_t ti = 0; ti < n_tiles; ++ti) {
-        const int64_t k0 = ti * tile;
-        const int64_t nk = std::min(tile, p_hi + 1 - k0);  // keys past p_hi are masked for all
-        for (int64_t bi = 0; bi * bs < nk; ++bi) {
-          const int64_t blk = kv.table[k0 / bs + bi];
-          const float* Kt = kv.k + blk * block_floats + g * D * bs;
-          kern.scores(Qs.data(), M, D, Kt, bs, std::min(bs, nk - bi * bs), S.data() + bi * bs,
-                      lds);
-        }
-        for (int64_t r = 0; r < M; ++r)
-          n_valid[sz(r)] = int32_t(std::clamp<int64_t>(p_lo + r / G - k0 + 1, 0, nk));
-        kern.softmax(S.data(), lds, M, n_valid.data(), m.data(), l.data(), acc.data(), D);
-        for (int64_t bi = 0; bi * bs < nk; ++bi) {
-          const int64_t blk = kv.table[k0 / bs + bi];
-          const float* Vb = kv.v + blk * block_floats + g * bs * D;
-          kern.pv(S.data() + bi * bs, lds, M, std::min(bs, nk - bi * bs), Vb, D, acc.data());
-        }
-      }
-      for (int64_t r = 0; r < M; ++r) {
-        const int64_t t = t0 + r / G, h = g * G + r % G;
-        const float inv = 1.0f / l[sz(r)];
-        float* o = out + (t * H + h) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = acc[sz(r * D + d)] * inv;
-      }
+      const PagedCall& c = calls[ci];
+      run_item(kern, c.q, c.kv, c.out, c.s, pl, it - base);
     }
   }
 }
@@ -187,11 +254,11 @@ void paged_kv_store(const PagedKv& kv, const float* k, const float* v, const Att
 }
 
 void paged_attention(const float* q, const PagedKv& kv, float* out, const AttnShape& s) {
-  const CpuFeatures& cpu = cpu_features();
-  const detail::PagedKernels& kern = cpu.avx512 ? detail::paged_kernels_avx512()
-                                     : cpu.avx2 ? detail::paged_kernels_avx2()
-                                                : detail::paged_kernels_portable();
-  detail::paged_attention_with(kern, q, kv, out, s);
+  detail::paged_attention_with(detail::best_kernels(), q, kv, out, s);
+}
+
+void paged_store_and_attend_batch(const PagedCall* calls, size_t n_calls) {
+  detail::paged_store_and_attend_batch_with(detail::best_kernels(), calls, n_calls);
 }
 
 void paged_attention_portable(const float* q, const PagedKv& kv, float* out, const AttnShape& s) {

@@ -12,6 +12,7 @@
 // multiples of the tile width, no key splitting), so a sequence decodes to the same bits alone
 // or in a crowd.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "ops/attention.h"
@@ -42,6 +43,23 @@ void paged_attention(const float* q, const PagedKv& kv, float* out, const AttnSh
 
 // The same with the portable (scalar loop) inner kernels, whatever the CPU (tests compare;
 // detail::paged_attention_with runs any kernel table).
+// One sequence's part of a batched call: store its new rows k, v (s.T, KV·D) through kv, then
+// attend q (s.T, H, D) into out (s.T, H, D), as paged_kv_store + paged_attention.
+struct PagedCall {
+  PagedKv kv;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* q = nullptr;
+  float* out = nullptr;
+  AttnShape s;
+};
+
+// paged_kv_store + paged_attention for every call, with the attention work of all calls in one
+// parallel region (a decode step's sequences of one layer: one fork/join instead of one per
+// sequence, and the team balances items across sequences). Each output is bit-identical to the
+// one-call path. Calls must write disjoint positions (different sequences).
+void paged_store_and_attend_batch(const PagedCall* calls, size_t n_calls);
+
 void paged_attention_portable(const float* q, const PagedKv& kv, float* out, const AttnShape& s);
 
 // Naive reference: gathers every key of the sequence and materialises the score matrix.
@@ -77,6 +95,8 @@ const PagedKernels& paged_kernels_avx512();  // only call when cpu_features().av
 
 void paged_attention_with(const PagedKernels& kern, const float* q, const PagedKv& kv, float* out,
                           const AttnShape& s);
+void paged_store_and_attend_batch_with(const PagedKernels& kern, const PagedCall* calls,
+                                       size_t n_calls);
 
 }  // namespace detail
 }  // namespace qwen::ops

@@ -1,6 +1,7 @@
 // serve/paged_cache.cpp — see paged_cache.h.
 #include "serve/paged_cache.h"
 
+#include <algorithm>
 #include <cassert>
 #include <string>
 
@@ -19,7 +20,8 @@ PagedKvCache::PagedKvCache(const ModelConfig& c, int32_t n_blocks, int32_t block
       n_layers_(c.num_hidden_layers),
       layer_floats_(size_t(n_blocks) * size_t(c.kv_dim()) * size_t(block_size)),
       block_bytes_(block_bytes(c, block_size)),
-      slots_(size_t(n_slots)) {
+      slots_(size_t(n_slots)),
+      batch_(size_t(std::max<int64_t>(n_slots, 0))) {
   if (n_blocks <= 0 || block_size <= 0 || n_slots <= 0)
     throw Error("paged KV cache: need blocks, block size and slots > 0");
   // Zero-filled now, so the whole pool is committed at start: the server's memory is fixed from
@@ -46,6 +48,26 @@ void PagedKvCache::append_and_attend(int64_t layer, int64_t seq, const float* k,
   kv.block_size = block_size_;
   ops::paged_kv_store(kv, k, v, s);
   ops::paged_attention(q, kv, out, s);
+}
+
+void PagedKvCache::append_and_attend_batch(int64_t layer, const KvAttendCall* calls, size_t n) {
+  if (batch_.size() < n) batch_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const KvAttendCall& c = calls[i];
+    const Slot& sl = slots_[size_t(c.seq)];
+    ops::PagedCall& b = batch_[i];
+    b.kv.k = k_pool(layer);
+    b.kv.v = v_pool(layer);
+    b.kv.table = sl.table;
+    b.kv.n_table = sl.n_table;
+    b.kv.block_size = block_size_;
+    b.k = c.k;
+    b.v = c.v;
+    b.q = c.q;
+    b.out = c.out;
+    b.s = c.s;
+  }
+  ops::paged_store_and_attend_batch(batch_.data(), n);
 }
 
 }  // namespace qwen::serve

@@ -41,6 +41,8 @@ class PagedKvCache : public KvStore {
   void set_len(int64_t seq, int64_t n) override { slots_[size_t(seq)].len = n; }
   void append_and_attend(int64_t layer, int64_t seq, const float* k, const float* v,
                          const float* q, float* out, const ops::AttnShape& s) override;
+  // All of a layer's calls in one parallel region (ops::paged_store_and_attend_batch).
+  void append_and_attend_batch(int64_t layer, const KvAttendCall* calls, size_t n) override;
 
   // The layer's pools (tests read them).
   float* k_pool(int64_t layer) { return k_.get() + size_t(layer) * layer_floats_; }
@@ -57,6 +59,7 @@ class PagedKvCache : public KvStore {
   size_t layer_floats_ = 0, block_bytes_ = 0;
   std::unique_ptr<float[]> k_, v_;  // (L, n_blocks, KV, ...) each
   std::vector<Slot> slots_;
+  std::vector<ops::PagedCall> batch_;  // append_and_attend_batch's calls (kept between steps)
 };
 
 }  // namespace qwen::serve
