@@ -29,6 +29,20 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The matvecs' final fold: the 8-lane sums of 4 weight rows -> y[0..4) (hadd tree), or of one
+// row -> y[0]; y (+)= as acc says. Every NF4 kernel whose rows must be bit-identical to the
+// matvec's (the 16- and 8-bit matvecs, the multi-row kernel) folds through these.
+inline void fold4_store(__m256 a0, __m256 a1, __m256 a2, __m256 a3, float* y, bool acc) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
+  _mm_storeu_ps(y, t);
+}
+inline void fold1_store(__m256 a, float* y, bool acc) {
+  const float t = hsum(a);
+  y[0] = acc ? y[0] + t : t;
+}
+
 }  // namespace
 
 // Matvec layout. A block's 32 code bytes are split into two 32-byte index vectors (high
@@ -239,16 +253,10 @@ inline void rows_act16(const I16Planes& tp, const uint8_t* codes, const int16_t*
       a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sc[r * nb + b]), a[r]);
     }
   }
-  if constexpr (R == 4) {
-    // row r's 8 partial sums -> lane r (and r + 4) of one vector
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
-    _mm_storeu_ps(y, t);
-  } else {
-    const float t = hsum(a[0]);
-    y[0] = acc ? y[0] + t : t;
-  }
+  if constexpr (R == 4)
+    fold4_store(a[0], a[1], a[2], a[3], y, acc);
+  else
+    fold1_store(a[0], y, acc);
 }
 
 // sc[r·nb + b] = absmax of block b of row r0 + r (r < n_rows) · xs[b]. The absmax is bitsandbytes'
@@ -436,15 +444,10 @@ inline void rows_act8(__m256i tab, const uint8_t* codes, const int8_t* xq, const
       a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sc[r * nb + b]), a[r]);
     }
   }
-  if constexpr (R == 4) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
-    _mm_storeu_ps(y, t);
-  } else {
-    const float t = hsum(a[0]);
-    y[0] = acc ? y[0] + t : t;
-  }
+  if constexpr (R == 4)
+    fold4_store(a[0], a[1], a[2], a[3], y, acc);
+  else
+    fold1_store(a[0], y, acc);
 }
 
 }  // namespace
@@ -635,16 +638,10 @@ void nf4_matmul_rows_act8_avx2(const Nf4View& v, const Nf4ActTiles& a, int64_t n
         }
         for (int i = 0; i < ra; ++i) {
           float* y = a.y[i0 + i] + n;
-          if (G == 4) {  // as rows_act8<4>
-            const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(accb[0 * 4 + i], accb[1 * 4 + i]),
-                                            _mm256_hadd_ps(accb[2 * 4 + i], accb[3 * 4 + i]));
-            __m128 t = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            if (acc) t = _mm_add_ps(t, _mm_loadu_ps(y));
-            _mm_storeu_ps(y, t);
-          } else {  // as rows_act8<1>
-            const float t = hsum(accb[i]);
-            y[0] = acc ? y[0] + t : t;
-          }
+          if (G == 4)  // as rows_act8<4>
+            fold4_store(accb[0 * 4 + i], accb[1 * 4 + i], accb[2 * 4 + i], accb[3 * 4 + i], y, acc);
+          else  // as rows_act8<1>
+            fold1_store(accb[i], y, acc);
         }
       }
       n += G;
