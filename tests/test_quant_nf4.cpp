@@ -537,7 +537,11 @@ TEST(Nf4Kernels, IntMatvecOneSignActivationsWithinBound) {
 // accumulated, one and several threads, and rows that take the exact kernel (a NaN, an infinity,
 // a block too small for a normal scale) mixed with rows that do not.
 TEST(Nf4Kernels, MultiRowMatmulRowsEqualTheMatvecBitForBit) {
-  if (!ops::nf4_matmul_row_invariant()) GTEST_SKIP() << "no AVX2: nf4_matmul dequantises for M >= 2";
+  if (!ops::nf4_matmul_row_invariant())
+    GTEST_SKIP() << "no AVX2 on this CPU: nf4_matmul dequantises for M >= 2 and does not claim this "
+                    "property (nf4_matmul_row_invariant() is false, so the server keeps its companion "
+                    "row: ServeEngine.ConcurrentRequestsMatchRunningAlone); that path is checked by "
+                    "MatvecAndMatmulMatchReferenceOnOddShapes";
   std::mt19937 rng(61);
   struct Shape { int64_t N, K; };
   const int saved_threads = num_threads();
@@ -590,7 +594,11 @@ TEST(Nf4Kernels, MultiRowMatmulRowsEqualTheMatvecBitForBit) {
 // X alone (M = 1, the decode matvec) and inside batches of every size up to 40 with other rows
 // around it, on the 124.7M model's 768 x 768 shape with an f32-absmax matrix as inference loads it.
 TEST(Nf4Kernels, MultiRowMatmulRowDoesNotDependOnBatch) {
-  if (!ops::nf4_matmul_row_invariant()) GTEST_SKIP() << "no AVX2: nf4_matmul dequantises for M >= 2";
+  if (!ops::nf4_matmul_row_invariant())
+    GTEST_SKIP() << "no AVX2 on this CPU: nf4_matmul dequantises for M >= 2 and does not claim this "
+                    "property (nf4_matmul_row_invariant() is false, so the server keeps its companion "
+                    "row: ServeEngine.ConcurrentRequestsMatchRunningAlone); that path is checked by "
+                    "MatvecAndMatmulMatchReferenceOnOddShapes";
   std::mt19937 rng(67);
   const int64_t N = 768, K = 768;
   std::vector<float> w(size_t(N * K));
