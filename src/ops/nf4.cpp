@@ -345,7 +345,7 @@ void nf4_matmul_dequant(const float* X, const void* W, float* Y, int64_t M, int6
 void nf4_matmul_act8(const float* X, const void* W, float* Y, int64_t M, int64_t N, int64_t K, bool acc) {
   if (M <= 0 || N <= 0) return;
   if (!cpu_features().avx2) return nf4_matmul_dequant(X, W, Y, M, N, K, acc);
-  if (M < 4) {  // the matvec per row: faster at 2-3 rows (bench_nf4_rows), the same results
+  if (M < 4) {  // the matvec per row: faster at 2-3 rows (bench_quant_rows --type nf4), the same results
     for (int64_t m = 0; m < M; ++m) nf4_matvec(W, X + m * K, Y + m * N, N, K, acc);
     return;
   }
