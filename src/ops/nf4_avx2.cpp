@@ -343,6 +343,17 @@ static inline float load_block_absmax(const float* xb, __m256 v[8], __m256& bad)
   return _mm_cvtss_f32(m4);
 }
 
+// A 64-block's activation scale for q = round(x·qmax/amax): s = amax/qmax (kept), r = qmax/amax
+// (0 for a zero block). False when the block cannot take the integer path: amax infinite (a NaN
+// is caught by load_block_absmax's `bad`), r overflowing, or s/table_scale (what the kernels
+// multiply by) subnormal.
+inline bool block_act_scale(float amax, float qmax, float table_scale, float& s, float& r) {
+  if (!(amax <= 3.4e38f)) return false;
+  s = amax / qmax;
+  r = amax > 0.0f ? qmax / amax : 0.0f;
+  return r <= 3.4e38f && (amax == 0.0f || s / table_scale >= 1.2e-38f);
+}
+
 }  // namespace
 
 bool nf4_quantize_act16(const float* x, int64_t K, int16_t* xq, float* xs) {
@@ -352,9 +363,8 @@ bool nf4_quantize_act16(const float* x, int64_t K, int16_t* xq, float* xs) {
     const float* xb = x + b * kNf4Block;
     __m256 v[8];
     const float amax = load_block_absmax(xb, v, bad);
-    if (!(amax <= 3.4e38f)) return false;  // inf (NaN is caught by `bad`)
-    const float s = amax / 32767.0f, r = amax > 0.0f ? 32767.0f / amax : 0.0f;
-    if (!(r <= 3.4e38f) || (amax > 0.0f && !(s / 8191.0f >= 1.2e-38f))) return false;  // subnormal scales
+    float s, r;
+    if (!block_act_scale(amax, 32767.0f, 8191.0f, s, r)) return false;
     const __m256 inv = _mm256_set1_ps(r);
     for (int i = 0; i < 8; i += 2) {
       const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));      // round to nearest even
@@ -464,9 +474,8 @@ bool nf4_quantize_act8(const float* x, int64_t K, int8_t* xq, int32_t* xc, float
     const float* xb = x + b * kNf4Block;
     __m256 v[8];
     const float amax = load_block_absmax(xb, v, bad);
-    if (!(amax <= 3.4e38f)) return false;  // inf (NaN is caught by `bad`)
-    const float s = amax / 127.0f, r = amax > 0.0f ? 127.0f / amax : 0.0f;
-    if (!(r <= 3.4e38f) || (amax > 0.0f && !(s / 64.0f >= 1.2e-38f))) return false;  // subnormal scales
+    float s, r;
+    if (!block_act_scale(amax, 127.0f, 64.0f, s, r)) return false;
     const __m256 inv = _mm256_set1_ps(r);
     __m256i q[8];
     for (int i = 0; i < 8; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));  // nearest even
