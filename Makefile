@@ -77,7 +77,13 @@ docs: $(BUILD)/CMakeCache.txt
 demo: build
 	bash scripts/demo.sh
 
-bench: build
+# Benchmarks also compare against oneDNN (bench_matmul), so `make bench` installs it first
+# (the product and `make test` do not use it).
+BENCH_PACKAGES := libdnnl-dev
+bench:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(DEB_PACKAGES) $(BENCH_PACKAGES)"
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null  # finds oneDNN if just installed
+	cmake --build $(BUILD) -j $(JOBS)
 	bash scripts/bench.sh
 
 # Fuzz the parsers with libFuzzer under ASan/UBSan (needs clang); FUZZ_SECONDS per target.

@@ -12,6 +12,13 @@ for prog in bench_machine bench_matmul bench_attention bench_tokenizer; do
   [ -x "$B/$prog" ] || continue
   echo; echo "## $prog"; "$B/$prog"
 done
+# Small-M products of batched serving (ours vs OpenBLAS vs oneDNN) and the serving ceiling they
+# imply (issue 7): the demo model's shapes and the 124.7M model's.
+if [ -x "$B/bench_matmul" ]; then
+  for what in small small-big; do
+    echo; echo "## bench_matmul --only $what"; "$B/bench_matmul" --only $what
+  done
+fi
 for dt in f32 bf16; do
   [ -d "$OUT/q125m-$dt" ] || $Q init --preset 125m --dtype $dt --seed 1 --out "$OUT/q125m-$dt" >/dev/null
   for pl in 128 512; do
