@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -27,6 +28,7 @@
 #include "serve/engine.h"
 #include "serve/paged_cache.h"
 #include "test_util.h"
+#include "train/lora.h"
 
 namespace {
 
@@ -309,6 +311,70 @@ TEST(ServeEngine, PrepackedWeightsLiveAsLongAsTheEngine) {
   EXPECT_EQ(eq.uses_companion_row(), !ops::q8_0_matmul_row_invariant());
   ec.prepack_weights = false;  // the float weights unpacked: the companion row is back
   EXPECT_TRUE(Engine(*mq, nullptr, ec).uses_companion_row());
+}
+
+// A LoRA adapter saved by Hugging Face PEFT (tests/data/lora/qwen2_gqa_r4, from
+// gen_peft_golden.py) served unmerged on its base model. Requests whose prompts are the golden's
+// prefixes, all in one crowd with chunked prefill: each first token's log-probability is PEFT's
+// log-softmax of the golden logits at that position (the logits agree within 1e-4 in
+// LoraPeft.Qwen2AllTargets; a log-softmax adds at most as much again), and the token is PEFT's
+// argmax wherever the top two logits are not within 1e-3. Longer generations in a crowd give
+// exactly the tokens and log-probabilities each gives alone (an adapter keeps the companion
+// row), with and without pre-packed base weights.
+TEST(ServeEngine, LoraAdapterServedUnmergedMatchesPeftAndIsBatchInvariant) {
+  const std::string dir = qwen_test::data_path("lora/qwen2_gqa_r4");
+  const auto g = qwen_test::read_json(dir + "/golden.json");
+  auto m = Model::load(qwen_test::data_path("models/" + g["base"].get<std::string>()));
+  auto adapter = train::LoraAdapter::load(dir, m->config());
+  adapter->attach(*m);
+  Tokens ids;
+  for (const auto& v : g["input_ids"]) ids.push_back(v.get<int32_t>());
+  const std::vector<float> ref = qwen_test::read_f32(dir + "/logits.f32");
+  const int64_t V = m->config().vocab_size, T = int64_t(ids.size());
+  ASSERT_EQ(int64_t(ref.size()), T * V);
+  for (const bool prepack : {true, false}) {
+    SCOPED_TRACE(prepack ? "pre-packed base weights" : "raw base weights");
+    EngineConfig ec;
+    ec.block_size = 4;
+    ec.max_step_tokens = 24;  // the 12 prompts (78 tokens) take several chunked steps
+    ec.max_running = 16;
+    ec.prepack_weights = prepack;
+    std::vector<GenerationRequest> firsts;
+    for (int64_t t = 1; t <= T; ++t) firsts.push_back(greedy(Tokens(ids.begin(), ids.begin() + t), 1));
+    Engine e(*m, nullptr, ec);
+    EXPECT_TRUE(e.uses_companion_row());
+    const std::vector<RequestOutput> got = run_crowd(e, firsts);
+    int n_clear = 0;
+    for (int64_t t = 1; t <= T; ++t) {
+      SCOPED_TRACE("prefix of " + std::to_string(t) + " tokens");
+      const float* row = ref.data() + (t - 1) * V;
+      const RequestOutput& o = got[size_t(t - 1)];
+      ASSERT_EQ(o.tokens.size(), 1u);
+      ASSERT_EQ(o.logprobs.size(), 1u);
+      const float mx = *std::max_element(row, row + V);
+      double sum = 0;
+      for (int64_t j = 0; j < V; ++j) sum += std::exp(double(row[j] - mx));
+      const double want = double(row[o.tokens[0]] - mx) - std::log(sum);
+      EXPECT_NEAR(o.logprobs[0], want, 2e-4);
+      std::vector<float> sorted(row, row + V);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+      if (sorted[0] - sorted[1] > 1e-3f) {
+        ++n_clear;
+        EXPECT_EQ(o.tokens[0], int32_t(std::max_element(row, row + V) - row));
+      }
+    }
+    EXPECT_GE(n_clear, int(T) - 2) << "the golden should have few near ties";
+    std::vector<GenerationRequest> longer;
+    for (int64_t t = 2; t <= T; ++t) longer.push_back(greedy(Tokens(ids.begin(), ids.begin() + t), 10 + t));
+    const std::vector<RequestOutput> alone = run_alone(*m, ec, longer);
+    Engine crowd(*m, nullptr, ec);
+    const std::vector<RequestOutput> together = run_crowd(crowd, longer);
+    for (size_t i = 0; i < longer.size(); ++i) {
+      EXPECT_EQ(alone[i].tokens, together[i].tokens) << "request " << i;
+      EXPECT_EQ(alone[i].logprobs, together[i].logprobs) << "request " << i;
+    }
+    EXPECT_EQ(crowd.kv_blocks_used(), 0);
+  }
 }
 
 TEST(ServeEngine, PrefixCacheReusesBlocksAndKeepsOutput) {

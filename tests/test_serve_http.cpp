@@ -13,10 +13,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -62,11 +64,12 @@ int listening_port(const std::string& out) {
 // A `qwen serve` child process.
 class Server {
  public:
-  explicit Server(const std::string& extra_args) {
+  // model: the folder to serve (default: the shared tiny model).
+  explicit Server(const std::string& extra_args, const std::string& model = "") {
     err_path_ = td_.str("stderr");
     int fds[2];
     if (pipe(fds) != 0) return;
-    std::vector<std::string> args = {QWEN_BIN, "serve", "--model", model_dir(), "--port", "0",
+    std::vector<std::string> args = {QWEN_BIN, "serve", "--model", model.empty() ? model_dir() : model, "--port", "0",
                                      "--served-model-name", "tiny", "--threads", "2"};
     std::string tok;
     std::istringstream ss(extra_args);
@@ -109,6 +112,7 @@ class Server {
   pid_t pid() const { return pid_; }
   std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
   std::string stderr_text() const { return qwen_test::read_text(err_path_); }
+  const std::string& startup() const { return startup_; }  // stdout up to "listening on"
   httplib::Client client() const {
     httplib::Client c("127.0.0.1", port_);
     c.set_read_timeout(30, 0);
@@ -201,6 +205,63 @@ class ServeHttp : public ::testing::Test {
   static Server* server_;
 };
 Server* ServeHttp::server_ = nullptr;
+
+// `qwen serve --adapter`: the PEFT adapter of tests/data/lora (made by Hugging Face PEFT,
+// gen_peft_golden.py) on its base model, served unmerged. The base folder has no tokenizer, so
+// prompts are token ids. The startup line names the adapter; the greedy next token of every
+// prefix of the golden prompt (one request each, all at once) is PEFT's argmax wherever its top
+// two logits are more than 1e-3 apart, and differs from the base model's somewhere (the adapter
+// matters). A missing adapter folder stops the server at start: one line naming it, exit 1.
+TEST(ServeHttpAdapter, PeftAdapterServedUnmergedOverHttp) {
+  const std::string dir = qwen_test::data_path("lora/qwen2_gqa_r4");
+  const json g = qwen_test::read_json(dir + "/golden.json");
+  const std::string base = qwen_test::data_path("models/" + g["base"].get<std::string>());
+  const std::vector<float> ref = qwen_test::read_f32(dir + "/logits.f32");
+  std::vector<int32_t> ids = g["input_ids"].get<std::vector<int32_t>>();
+  const size_t T = ids.size(), V = ref.size() / T;
+  auto next_tokens = [&](const Server& s) {
+    std::vector<std::thread> th;
+    std::vector<int32_t> out(T, -1);
+    for (size_t t = 1; t <= T; ++t)
+      th.emplace_back([&, t] {
+        int st = 0;
+        const json j = post(s, "/v1/completions",
+                            {{"model", "tiny"}, {"prompt", std::vector<int32_t>(ids.begin(), ids.begin() + long(t))},
+                             {"max_tokens", 1}, {"temperature", 0}, {"ignore_eos", true},
+                             {"return_token_ids", true}}, &st);
+        if (st == 200) out[t - 1] = j["choices"][0]["token_ids"][0].get<int32_t>();
+      });
+    for (auto& x : th) x.join();
+    return out;
+  };
+  std::vector<int32_t> with, without;
+  {
+    Server s("--max-running 16 --prefill-per-step 8 --adapter " + dir, base);
+    ASSERT_GT(s.port(), 0) << "server did not start: " << s.stderr_text();
+    EXPECT_NE(s.startup().find("LoRA adapter " + dir + " r 4"), std::string::npos) << s.startup();
+    with = next_tokens(s);
+  }
+  {
+    Server s("--max-running 16", base);
+    ASSERT_GT(s.port(), 0) << "server did not start: " << s.stderr_text();
+    without = next_tokens(s);
+  }
+  int n_clear = 0;
+  for (size_t t = 0; t < T; ++t) {
+    const float* row = ref.data() + t * V;
+    std::vector<float> top(row, row + V);
+    std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
+    if (top[0] - top[1] <= 1e-3f) continue;
+    ++n_clear;
+    EXPECT_EQ(with[t], int32_t(std::max_element(row, row + V) - row)) << "prefix of " << t + 1;
+  }
+  EXPECT_GE(n_clear, int(T) - 2);
+  EXPECT_NE(with, without) << "the adapter should change some next token";
+
+  const auto r = qwen_test::run_qwen("serve --model " + base + " --adapter " + dir + "/missing --port 0");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find(dir + "/missing"), std::string::npos) << r.err;
+}
 
 TEST_F(ServeHttp, HealthModelsMetrics) {
   auto c = server_->client();
