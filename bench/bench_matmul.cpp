@@ -6,7 +6,7 @@
 //   matmul (prefill, M = 128 and 512): GFLOP/s for ours (F32, BF16, F16 weights) and OpenBLAS
 //     sgemm (F32), interleaved rep by rep, medians, and % of the measured FMA peak (and oneDNN's
 //     matmul primitive on weights it reordered once, when built with libdnnl-dev);
-//   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS;
+//   gemm_f32 (backward shapes, all transposes): ours vs OpenBLAS (and oneDNN's dnnl_sgemm);
 //   --only small: small-M products (M = 1..48, batched serving) on the demo model's shapes
 //     (C = 256, F = 704, V = 4096), raw and pre-packed weights, per shape and per model pass;
 //   --only small-big: M = 16 / 32 / 48 on the 124.7M shapes, pre-packed F32 against OpenBLAS
@@ -378,9 +378,10 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "gemm") {
     if (!json)
       std::printf(
-          "\ngemm_f32 C = op(A)·op(B) (backward shapes, T=512 tokens): GFLOP/s, medians\n"
-          "%-26s %5s %5s %5s %9s %9s\n",
-          "case", "M", "N", "K", "ours", "OpenBLAS");
+          "\ngemm_f32 C = op(A)·op(B) (backward shapes, T=512 tokens): GFLOP/s, medians%s\n"
+          "%-26s %5s %5s %5s %9s %9s%s\n",
+          kHasDnnl ? " (oneDNN: dnnl_sgemm, no packing, as both others)" : "", "case", "M", "N",
+          "K", "ours", "OpenBLAS", kHasDnnl ? "    oneDNN" : "");
     struct G {
       const char* what;
       bool ta, tb;
@@ -415,14 +416,29 @@ int main(int argc, char** argv) {
                     g.tb ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.0f, A.data(),
                     int(cols_a), B.data(), int(cols_b), 0.0f, C.data(), int(g.N));
       };
+      std::function<void()> dnnl_call;
+#ifdef QWEN_BENCH_DNNL
+      dnnl_call = [&] {
+        const dnnl_status_t st =
+            dnnl_sgemm(g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.M, g.N, g.K, 1.0f, A.data(), cols_a,
+                       B.data(), cols_b, 0.0f, C.data(), g.N);
+        if (st != dnnl_success) std::exit(1);
+      };
+      check_same_product(ours, dnnl_call, C, C.size(), g.what);
+#endif
       time_it(ours);
       time_it(blas);
+      if (dnnl_call) time_it(dnnl_call);
       settle(150);
-      std::vector<double> o, b;
+      std::vector<double> o, b, d;
       for (int r = 0; r < reps; ++r) {
         o.push_back(time_it(ours));
         settle(20);
         b.push_back(time_it(blas));
+        if (dnnl_call) {
+          settle(20);
+          d.push_back(time_it(dnnl_call));
+        }
         settle(150);
       }
       rows.push_back({{"case", g.what},
@@ -431,9 +447,13 @@ int main(int argc, char** argv) {
                       {"K", g.K},
                       {"ours_gflops", median(o)},
                       {"openblas_gflops", median(b)}});
-      if (!json)
-        std::printf("%-26s %5lld %5lld %5lld %9.1f %9.1f\n", g.what, (long long)g.M, (long long)g.N,
+      if (!d.empty()) rows.back()["onednn_gflops"] = median(d);
+      if (!json) {
+        std::printf("%-26s %5lld %5lld %5lld %9.1f %9.1f", g.what, (long long)g.M, (long long)g.N,
                     (long long)g.K, median(o), median(b));
+        if (!d.empty()) std::printf(" %9.1f", median(d));
+        std::printf("\n");
+      }
     }
     out["gemm_f32"] = rows;
   }
