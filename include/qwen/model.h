@@ -28,7 +28,9 @@ enum class WeightType {
   F32,   ///< 32-bit float (training master weights; exact reference)
   BF16,  ///< bfloat16, widened exactly to f32 in the kernels
   F16,   ///< IEEE half, widened exactly to f32 in the kernels
-  NF4,   ///< 4-bit NormalFloat in blocks of 64 (QLoRA / bitsandbytes), 4.5 bits per weight
+  NF4,   ///< 4-bit NormalFloat in blocks of 64 (QLoRA / bitsandbytes): 4.5 bits per weight as a
+         ///< loaded NF4 folder holds it (f32 absmax), 4.13 with the double-quantised absmax of
+         ///< a QLoRA base or an in-memory quantize()
   Q8_0,  ///< 8-bit blocks of 32 with an f16 scale (GGUF Q8_0), 8.5 bits per weight
   Other  ///< another block format, read from a GGUF file (Q4_0, Q4_1, Q4_K, Q6_K)
 };
