@@ -91,6 +91,21 @@ const char* dname(DType t) { return qwen::dtype_name(t); }
 }  // namespace
 
 
+// Every linear of the 124.7M model, (N, K) each: 12 layers of q, k, v, o, gate, up, down, then
+// the LM head.
+struct Lin124 {
+  int64_t N, K;
+};
+std::vector<Lin124> model_124m_linears() {
+  std::vector<Lin124> lins;
+  for (int l = 0; l < 12; ++l)
+    for (Lin124 x : {Lin124{768, 768}, Lin124{256, 768}, Lin124{256, 768}, Lin124{768, 768},
+                     Lin124{2048, 768}, Lin124{2048, 768}, Lin124{768, 2048}})
+      lins.push_back(x);
+  lins.push_back({32000, 768});
+  return lins;
+}
+
 // Issue 7's serving target asks 16 streams for >= 6x one stream's generated tok/s. The matrix
 // products alone bound that ratio: bench_serve's workload (kPrompt-token prompts, kGen generated
 // tokens, greedy) costs per request kPrompt prefill rows of the layers' linears plus kGen - 1
@@ -560,15 +575,7 @@ int main(int argc, char** argv) {
   if (only == "batch") {
     // Every linear of the 124.7M model (12 layers of q, k, v, o, gate, up, down + lm_head), one
     // copy each, so a pass reads all weights from DRAM as a decode step does. M = 1 is matvec.
-    struct Lin {
-      int64_t N, K;
-    };
-    std::vector<Lin> lins;
-    for (int l = 0; l < 12; ++l)
-      for (Lin x : {Lin{768, 768}, Lin{256, 768}, Lin{256, 768}, Lin{768, 768}, Lin{2048, 768},
-                    Lin{2048, 768}, Lin{768, 2048}})
-        lins.push_back(x);
-    lins.push_back({32000, 768});
+    const std::vector<Lin124> lins = model_124m_linears();
     if (!json)
       std::printf(
           "\nsmall-M batches: one pass over all linears of the 124.7M model (M rows each), ms per "
@@ -582,7 +589,7 @@ int main(int argc, char** argv) {
       std::vector<void*> ws;
       size_t total_bytes = 0;
       double macs = 0;
-      for (const Lin& l : lins) {
+      for (const Lin124& l : lins) {
         const size_t bytes = size_t(l.N * l.K) * qwen::dtype_size(wt);
         void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
         const std::vector<float> src = randn(size_t(l.N * l.K), uint32_t(ws.size() + 7));
@@ -826,15 +833,7 @@ int main(int argc, char** argv) {
     }
     out["small_big"] = rows;
     // Whole-model pass: every weight once, DRAM-resident in total.
-    struct Lin {
-      int64_t N, K;
-    };
-    std::vector<Lin> lins;
-    for (int l = 0; l < 12; ++l)
-      for (Lin x : {Lin{768, 768}, Lin{256, 768}, Lin{256, 768}, Lin{768, 768}, Lin{2048, 768},
-                    Lin{2048, 768}, Lin{768, 2048}})
-        lins.push_back(x);
-    lins.push_back({32000, 768});
+    const std::vector<Lin124> lins = model_124m_linears();
     std::vector<std::vector<float>> wf;
     std::vector<std::shared_ptr<const qwen::ops::PackedWeight>> pws;
     double macs = 0;
