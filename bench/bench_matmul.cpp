@@ -487,12 +487,15 @@ int main(int argc, char** argv) {
     const int64_t T = 2048, RB = 256;
     if (!json)
       std::printf(
-          "\ntraining products, T=%lld tokens: GFLOP/s, medians of %d, ours and OpenBLAS "
-          "interleaved\n%-7s %-8s %-4s %5s %5s %5s %9s %9s %7s %7s\n",
-          (long long)T, reps, "config", "layer", "op", "M", "N", "K", "ours", "OpenBLAS", "%peak",
-          "vsBLAS");
+          "\ntraining products, T=%lld tokens: GFLOP/s, medians of %d, ours and OpenBLAS%s "
+          "interleaved\n%-7s %-8s %-4s %5s %5s %5s %9s %9s %7s %7s%s\n",
+          (long long)T, reps, kHasDnnl ? " and oneDNN (dnnl_sgemm)" : "", "config", "layer", "op",
+          "M", "N", "K", "ours", "OpenBLAS", "%peak", "vsBLAS", kHasDnnl ? "    oneDNN  vsDNNL" : "");
     nlohmann::json rows = nlohmann::json::array();
     for (const Cfg& c : cfgs) {
+      // Seconds for one layer's products (q, k, v, o, gate, up, down: each op once) and for the
+      // LM head's T / RB blocks, per library: what a training step spends in them.
+      double layer_s[3] = {0, 0, 0}, head_s[3] = {0, 0, 0};
       struct L {
         const char* what;
         int64_t out, in;
@@ -542,17 +545,37 @@ int main(int argc, char** argv) {
                       g.tb ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.0f,
                       A.data(), int(cols_a), B.data(), int(cols_b), g.beta, C.data(), int(g.N));
         };
+        std::function<void()> dnnl_call;
+#ifdef QWEN_BENCH_DNNL
+        dnnl_call = [&] {
+          if (dnnl_sgemm(g.ta ? 'T' : 'N', g.tb ? 'T' : 'N', g.M, g.N, g.K, 1.0f, A.data(), cols_a,
+                         B.data(), cols_b, g.beta, C.data(), g.N) != dnnl_success)
+            std::exit(1);
+        };
+        if (g.beta == 0.0f) check_same_product(ours, dnnl_call, C, C.size(), g.layer);
+#endif
         time_it(ours);
         time_it(blas);
+        if (dnnl_call) time_it(dnnl_call);
         settle(150);
-        std::vector<double> o, b;
+        std::vector<double> o, b, d;
         for (int r = 0; r < reps; ++r) {
           o.push_back(time_it(ours));
           settle(20);
           b.push_back(time_it(blas));
+          if (dnnl_call) {
+            settle(20);
+            d.push_back(time_it(dnnl_call));
+          }
           settle(150);
         }
-        const double mo = median(o), mb = median(b);
+        const double mo = median(o), mb = median(b), md = d.empty() ? 0.0 : median(d);
+        const bool head = std::string(g.layer) == "lm_head";
+        const double mult = head ? double(T / RB) : std::string(g.layer) == "down" ? 1.0 : 2.0;
+        double* acc = head ? head_s : layer_s;
+        acc[0] += mult * flops / (mo * 1e9);
+        acc[1] += mult * flops / (mb * 1e9);
+        if (md > 0) acc[2] += mult * flops / (md * 1e9);
         rows.push_back({{"config", c.name},
                         {"layer", g.layer},
                         {"op", g.op},
@@ -562,10 +585,23 @@ int main(int argc, char** argv) {
                         {"ours_gflops", mo},
                         {"openblas_gflops", mb},
                         {"ours_pct_peak", peak > 0 ? 100 * mo / peak : 0}});
-        if (!json)
-          std::printf("%-7s %-8s %-4s %5lld %5lld %5lld %9.1f %9.1f %6.0f%% %7.2f\n", c.name,
+        if (md > 0) rows.back()["onednn_gflops"] = md;
+        if (!json) {
+          std::printf("%-7s %-8s %-4s %5lld %5lld %5lld %9.1f %9.1f %6.0f%% %7.2f", c.name,
                       g.layer, g.op, (long long)g.M, (long long)g.N, (long long)g.K, mo, mb,
                       peak > 0 ? 100 * mo / peak : 0.0, mo / mb);
+          if (md > 0) std::printf(" %9.1f %7.2f", md, mo / md);
+          std::printf("\n");
+        }
+      }
+      if (!json) {
+        std::printf("%-7s one layer's products: ours %.1f ms, OpenBLAS %.1f ms", c.name,
+                    layer_s[0] * 1e3, layer_s[1] * 1e3);
+        if (layer_s[2] > 0) std::printf(", oneDNN %.1f ms", layer_s[2] * 1e3);
+        std::printf("; LM head (%lld blocks): ours %.1f ms, OpenBLAS %.1f ms", (long long)(T / RB),
+                    head_s[0] * 1e3, head_s[1] * 1e3);
+        if (head_s[2] > 0) std::printf(", oneDNN %.1f ms", head_s[2] * 1e3);
+        std::printf("\n");
       }
     }
     out["train"] = rows;
